@@ -1,0 +1,667 @@
+"""``python -m finetune eval``: HumanEval pass@k of a model, with or without a LoRA adapter,
+from a local transformers model or an OpenAI-compatible endpoint, executed in the verify
+stage's sandbox.
+
+One command answers "did the adapter help?": given ``--adapter DIR`` the base model and the
+adapted model are both evaluated in the same run, with the same prompts and the same decoding,
+and printed side by side (the base through peft's ``disable_adapter()``, so the weights are
+loaded once).
+
+Prompts follow how the adapter was trained: its ``prompt_format.json`` (read by the trainer's
+``finetune.model.read_prompt_format``) is rendered through ``finetune.data.format_prompt``, the
+very function that built the training examples. Without an adapter the model simply continues
+the HumanEval prompt (``--prompt-mode completion``), as base-model numbers are measured.
+
+Decoding is greedy for pass@1 (``--n 1``); with ``--n N`` the model samples N completions per
+problem at ``--temperature`` (0.8 by default) and pass@k is the unbiased estimator over them.
+Local generation is batched with left padding and stops each row at the end of the function
+(stop strings) or at EOS. Endpoints are called with the ``openai`` package: the completion API
+for raw continuations, the chat API for chat models.
+
+Files written under ``--output`` (default ``outputs/eval-<time>/``): ``<label>.jsonl`` with one
+line per problem (n, c, pass@k, each sample's reply, extracted code, status and detail) and
+``summary.json`` with the settings and every model's pass@k and timings.
+
+``--contamination data.json`` instead reports how much of a training set overlaps HumanEval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from finetune import humaneval as he
+from pipeline.records import write_json_atomic, write_jsonl_atomic
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m finetune eval",
+        description="HumanEval pass@k of a model (and its LoRA adapter), executed in the sandbox.",
+    )
+    src = p.add_argument_group("what to evaluate")
+    src.add_argument(
+        "--model",
+        help="HF model directory, .gguf file, or the served model name with --endpoint; "
+        "default: the adapter's base model, else the embedded SmolLM2",
+    )
+    src.add_argument("--adapter", help="LoRA adapter directory (written by `finetune train`)")
+    src.add_argument("--no-base", action="store_true", help="with --adapter: skip the base model")
+    src.add_argument("--endpoint", help="OpenAI-compatible base URL (e.g. vLLM's .../v1)")
+    src.add_argument(
+        "--base-model", help="with --endpoint: a second served model evaluated first, as 'base'"
+    )
+    src.add_argument(
+        "--api",
+        choices=("completion", "chat"),
+        default=None,
+        help="endpoint API; default: completion for --prompt-mode completion, else chat",
+    )
+    src.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the endpoint's API key (never logged)",
+    )
+    src.add_argument(
+        "--completions",
+        help="score saved samples instead of generating: JSONL with task_id and completion "
+        "(raw continuation) or reply (chat answer)",
+    )
+    src.add_argument(
+        "--canonical",
+        action="store_true",
+        help="score HumanEval's own solutions (checks the harness and sandbox: expect 1.0)",
+    )
+    src.add_argument(
+        "--contamination",
+        metavar="DATA",
+        help="report the overlap of a training data.json / JSONL with HumanEval and exit",
+    )
+    src.add_argument("--ngram", type=int, default=10, help="n-gram size for --contamination")
+
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--n", type=int, default=1, help="samples per problem")
+    gen.add_argument("--k", type=int, nargs="+", default=[1], help="pass@k values to report")
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="0 = greedy; default 0 for --n 1, else 0.8",
+    )
+    gen.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling when sampling")
+    gen.add_argument("--max-new-tokens", type=int, default=512, help="tokens per sample")
+    gen.add_argument("--batch-size", type=int, default=16, help="prompts per local batch")
+    gen.add_argument("--concurrency", type=int, default=16, help="endpoint requests in flight")
+    gen.add_argument(
+        "--prompt-mode",
+        choices=("auto", "completion", "instruction"),
+        default="auto",
+        help="completion: continue the HumanEval prompt; instruction: ask in the training "
+        "prompt format; auto: instruction with an adapter or a chat API, else completion",
+    )
+    gen.add_argument(
+        "--prompt-format",
+        choices=("alpaca", "chat_template"),
+        help="instruction prompt format without an adapter (default: the model's chat "
+        "template if it has one, else alpaca)",
+    )
+    gen.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    gen.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="auto: bf16 on a GPU, fp32 on the CPU",
+    )
+    gen.add_argument(
+        "--quantization",
+        choices=("none", "4bit", "8bit"),
+        default="none",
+        help="load the base model in 4-bit NF4 or 8-bit (bitsandbytes), e.g. for 40B models",
+    )
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+    ex = p.add_argument_group("execution")
+    ex.add_argument("--limit", type=int, help="first N problems only")
+    ex.add_argument("--timeout", type=float, default=10.0, help="seconds per sample")
+    ex.add_argument("--memory-mb", type=int, default=1024, help="memory limit per sample")
+    ex.add_argument("--workers", type=int, default=0, help="parallel sandboxes; 0 = all cores")
+    ex.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="run model code without the sandbox (subprocess + rlimits only): dangerous",
+    )
+    ex.add_argument("--output", help="output directory (default outputs/eval-<time>)")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+
+
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.n < 1:
+        parser.error(f"--n {args.n}: must be at least 1")
+    for k in args.k:
+        if not 1 <= k <= args.n:
+            parser.error(f"--k {k}: must be between 1 and --n ({args.n}); draw more samples")
+    if args.temperature is None:
+        args.temperature = 0.0 if args.n == 1 else 0.8
+    if args.temperature < 0:
+        parser.error(f"--temperature {args.temperature}: must be >= 0")
+    if args.n > 1 and args.temperature == 0:
+        parser.error("--n > 1 with --temperature 0 gives n identical greedy samples")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit {args.limit}: must be at least 1")
+    if args.max_new_tokens < 1 or args.batch_size < 1 or args.concurrency < 1:
+        parser.error("--max-new-tokens, --batch-size and --concurrency must be at least 1")
+    if args.no_base and not args.adapter:
+        parser.error("--no-base needs --adapter")
+    if args.base_model and not args.endpoint:
+        parser.error("--base-model names a second served model: it needs --endpoint")
+
+
+def _prompt_mode(args: argparse.Namespace) -> str:
+    if args.prompt_mode != "auto":
+        return args.prompt_mode
+    if args.adapter or args.prompt_format:
+        return "instruction"
+    if args.endpoint and args.api == "chat":
+        return "instruction"
+    return "completion"
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+# --------------------------------------------------------------------------------------------
+# Local generation (transformers)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def generate_local(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 0.95,
+    max_new_tokens: int = 512,
+    batch_size: int = 16,
+    stop: Sequence[str] = (),
+    seed: int = 0,
+    add_special_tokens: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[list[str]], int]:
+    """``n`` replies per prompt (without the prompt) and the number of generated tokens.
+
+    Batches are built from prompts of similar length (longest first) and LEFT padded, so every
+    row's last prompt token sits next to its first generated token; right padding would make
+    the model continue after pad tokens. Rows stop at EOS or at a stop string independently.
+    ``add_special_tokens`` follows the training tokenization (BOS for Alpaca and raw prompts;
+    none for a chat template, which writes its own).
+    """
+    import torch
+
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "num_return_sequences": n,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    if temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if stop:
+        from transformers import StoppingCriteriaList
+        from transformers.generation.stopping_criteria import StopStringCriteria
+
+        # Built once: it precomputes tables over the whole vocabulary (seconds per call).
+        criteria = StopStringCriteria(tokenizer, list(stop))
+        gen_kwargs["stopping_criteria"] = StoppingCriteriaList([criteria])
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    replies: list[list[str]] = [[] for _ in prompts]
+    tokens = 0
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = [prompts[i] for i in idx]
+            enc = tokenizer(
+                batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+            ).to(device)
+            with torch.inference_mode():
+                out = model.generate(**enc, **gen_kwargs)
+            new = out[:, enc["input_ids"].shape[1] :]
+            for row in range(new.shape[0]):
+                ids = new[row]
+                keep = ids != tokenizer.pad_token_id
+                if tokenizer.pad_token_id == tokenizer.eos_token_id:
+                    # pad == eos: everything from the first EOS on is padding.
+                    hits = (ids == tokenizer.eos_token_id).nonzero()
+                    keep = torch.arange(ids.shape[0], device=ids.device) < (
+                        int(hits[0]) if len(hits) else ids.shape[0]
+                    )
+                tokens += int(keep.sum())
+                text = tokenizer.decode(ids[keep], skip_special_tokens=True)
+                replies[idx[row // n]].append(text)
+            if progress:
+                progress(min(start + batch_size, len(order)), len(order))
+    finally:
+        tokenizer.padding_side = old_side
+    return replies, tokens
+
+
+def _load_local(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
+    from finetune.model import load_model
+
+    return load_model(
+        args.model, args.adapter, dtype=args.dtype, device=device, quantization=args.quantization
+    )
+
+
+def _prompt_format(args: argparse.Namespace, tokenizer: Any) -> str | dict:
+    if args.adapter:
+        from finetune.model import read_prompt_format
+
+        return read_prompt_format(args.adapter)
+    if args.prompt_format:
+        return args.prompt_format
+    return "chat_template" if getattr(tokenizer, "chat_template", None) else "alpaca"
+
+
+def build_prompts(
+    problems: Sequence[dict], mode: str, tokenizer: Any = None, prompt_format: Any = None
+) -> list[str]:
+    """Model inputs: the raw HumanEval prompt, or the instruction in the training format."""
+    if mode == "completion":
+        return [p["prompt"] for p in problems]
+    from finetune.data import format_prompt
+
+    return [format_prompt(*he.instruction_for(p), tokenizer, prompt_format) for p in problems]
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        print(f"  {label}: generated {done}/{total} prompts", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _samples(problems: Sequence[dict], replies: Sequence[list[str]], mode: str) -> list[dict]:
+    samples = []
+    for p, rs in zip(problems, replies, strict=True):
+        for i, reply in enumerate(rs):
+            code, kind = he.extract_code(reply, p, mode=mode)
+            samples.append(
+                {"task_id": p["task_id"], "sample": i, "reply": reply, "code": code, "kind": kind}
+            )
+    return samples
+
+
+def _local_arms(args: argparse.Namespace, problems: list[dict], mode: str) -> dict[str, dict]:
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    model, tokenizer = _load_local(args, device)
+    load_s = time.perf_counter() - t0
+    fmt = _prompt_format(args, tokenizer) if mode == "instruction" else None
+    prompts = build_prompts(problems, mode, tokenizer, fmt)
+    stop = he.STOP_SEQUENCES if mode == "completion" else ()
+    add_special = True
+    if fmt is not None:
+        from finetune.data import prompt_add_special_tokens
+
+        add_special = prompt_add_special_tokens(fmt)
+    name = args.model or (Path(args.adapter).name if args.adapter else "smollm2-135m-instruct")
+    arms: list[tuple[str, Any]] = []
+    if args.adapter:
+        if not args.no_base:
+            if not hasattr(model, "disable_adapter"):
+                raise RuntimeError("load_model returned no peft model: cannot run the base arm")
+            arms.append(("base", model.disable_adapter))
+        arms.append(("adapter", None))
+    else:
+        arms.append((_label(Path(name).name), None))
+    out: dict[str, dict] = {}
+    model.eval()
+    for label, ctx in arms:
+        t1 = time.perf_counter()
+        kw = dict(
+            n=args.n,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            stop=stop,
+            seed=args.seed,
+            add_special_tokens=add_special,
+            progress=_progress(label),
+        )
+        if ctx is not None:
+            with ctx():
+                replies, tokens = generate_local(model, tokenizer, prompts, **kw)
+        else:
+            replies, tokens = generate_local(model, tokenizer, prompts, **kw)
+        secs = time.perf_counter() - t1
+        out[label] = {
+            "samples": _samples(problems, replies, mode),
+            "generation": {
+                "backend": "transformers",
+                "device": device,
+                "load_seconds": round(load_s, 2),
+                "seconds": round(secs, 2),
+                "tokens": tokens,
+                "tokens_per_second": round(tokens / secs, 1) if secs > 0 else None,
+            },
+            "prompt_format": fmt,
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Endpoint generation (openai package)
+
+
+def generate_endpoint(
+    base_url: str,
+    model: str | None,
+    items: Sequence[str | list[dict]],
+    *,
+    api: str = "completion",
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 0.95,
+    max_tokens: int = 512,
+    stop: Sequence[str] = (),
+    concurrency: int = 16,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: float = 300.0,
+) -> tuple[list[list[str]], int, str]:
+    """``n`` replies per prompt (completion API) or message list (chat API), the completion
+    tokens the server reports, and the model name used (the first served one if none given).
+
+    Stop sequences are sent (the OpenAI API takes at most four) and also applied to the text
+    afterwards by the caller. A server that ignores ``n`` (llama.cpp) is asked again for the
+    missing samples.
+    """
+    from openai import OpenAI
+
+    client = OpenAI(
+        base_url=base_url,
+        api_key=os.environ.get(api_key_env) or "EMPTY",
+        max_retries=6,
+        timeout=timeout,
+    )
+    if not model:
+        served = client.models.list().data
+        if not served:
+            raise RuntimeError(f"{base_url}: the endpoint serves no model")
+        model = served[0].id
+    common: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
+    if temperature > 0:
+        common["top_p"] = top_p
+    send_stop = list(stop)[:4]
+
+    def one(item: str | list[dict]) -> tuple[list[str], int]:
+        texts: list[str] = []
+        used = 0
+        while len(texts) < n:
+            want = n - len(texts)
+            if api == "completion":
+                r = client.completions.create(
+                    prompt=item, n=want, **({"stop": send_stop} if send_stop else {}), **common
+                )
+                choices = sorted(r.choices, key=lambda c: c.index)
+                texts += [c.text or "" for c in choices]
+            else:
+                r = client.chat.completions.create(messages=item, n=want, **common)
+                choices = sorted(r.choices, key=lambda c: c.index)
+                texts += [c.message.content or "" for c in choices]
+            used += r.usage.completion_tokens if r.usage else 0
+            if not choices:
+                raise RuntimeError(f"{base_url}: empty reply (no choices) from model {model}")
+        return texts[:n], used
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(one, items))
+    return [r[0] for r in results], sum(r[1] for r in results), model
+
+
+def _endpoint_arms(args: argparse.Namespace, problems: list[dict], mode: str) -> dict[str, dict]:
+    api = args.api or ("completion" if mode == "completion" else "chat")
+    fmt: Any = None
+    items: list[Any]
+    if mode == "completion":
+        if api == "chat":
+            raise SystemExit("--prompt-mode completion needs --api completion")
+        items = [p["prompt"] for p in problems]
+    elif api == "chat":
+        items = [
+            [{"role": "user", "content": f"{ins}\n\n{inp}"}]
+            for ins, inp in (he.instruction_for(p) for p in problems)
+        ]
+    else:
+        # An instruction prompt sent as raw text: rendered in the adapter's training format.
+        fmt = _prompt_format(args, None)
+        if fmt == "chat_template" or (
+            isinstance(fmt, dict) and fmt.get("format") == "chat_template"
+        ):
+            raise SystemExit("a chat-template prompt over an endpoint needs --api chat")
+        items = build_prompts(problems, mode, None, fmt)
+    stop = he.STOP_SEQUENCES if mode == "completion" else ()
+    models = [("base", args.base_model)] if args.base_model else []
+    models.append(("adapter" if args.base_model else None, args.model))
+    out: dict[str, dict] = {}
+    for label, name in models:
+        t0 = time.perf_counter()
+        replies, tokens, served = generate_endpoint(
+            args.endpoint,
+            name,
+            items,
+            api=api,
+            n=args.n,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_new_tokens,
+            stop=stop,
+            concurrency=args.concurrency,
+            api_key_env=args.api_key_env,
+        )
+        secs = time.perf_counter() - t0
+        out[label or _label(served)] = {
+            "samples": _samples(problems, replies, mode),
+            "generation": {
+                "backend": "endpoint",
+                "api": api,
+                "model": served,
+                "seconds": round(secs, 2),
+                "tokens": tokens,
+                "tokens_per_second": round(tokens / secs, 1) if secs > 0 else None,
+            },
+            "prompt_format": fmt,
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Saved samples and the harness self-check
+
+
+def canonical_samples(problems: Sequence[dict]) -> list[dict]:
+    """HumanEval's own solutions as samples: every one must pass."""
+    return [
+        {
+            "task_id": p["task_id"],
+            "sample": 0,
+            "reply": p["canonical_solution"],
+            "code": p["canonical_solution"],
+            "kind": "body",
+        }
+        for p in problems
+    ]
+
+
+def _file_samples(path: str, problems: list[dict]) -> list[dict]:
+    by_id = {p["task_id"]: p for p in problems}
+    samples = []
+    counts: dict[str, int] = {}
+    for rec in he.read_json_lines(path):
+        p = by_id.get(rec["task_id"])
+        if p is None:
+            continue  # a file for all 164 scored with --limit
+        mode = "completion" if "completion" in rec else "instruction"
+        reply = rec.get("completion", rec.get("reply")) or ""
+        code, kind = he.extract_code(reply, p, mode=mode)
+        i = counts[p["task_id"]] = counts.get(p["task_id"], -1) + 1
+        samples.append(
+            {"task_id": p["task_id"], "sample": i, "reply": reply, "code": code, "kind": kind}
+        )
+    return samples
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+
+
+def evaluate(
+    arms: dict[str, dict],
+    problems: list[dict],
+    ks: Sequence[int],
+    out_dir: Path,
+    *,
+    settings: dict,
+    timeout: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int = 0,
+    sandbox: bool = True,
+) -> dict:
+    """Score every arm's samples in the sandbox, write ``<label>.jsonl`` and ``summary.json``,
+    and return the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    for label, arm in arms.items():
+        t0 = time.perf_counter()
+        scored = he.score_samples(
+            problems,
+            arm["samples"],
+            timeout=timeout,
+            memory_mb=memory_mb,
+            workers=workers,
+            sandbox=sandbox,
+        )
+        exec_s = time.perf_counter() - t0
+        summary = he.summarize(problems, scored, ks)
+        summary["execution_seconds"] = round(exec_s, 2)
+        if arm.get("generation"):
+            summary["generation"] = arm["generation"]
+        if arm.get("prompt_format") is not None:
+            summary["prompt_format"] = arm["prompt_format"]
+        write_jsonl_atomic(out_dir / f"{label}.jsonl", he.problem_rows(problems, scored, ks))
+        results[label] = summary
+    doc = {"settings": settings, "results": results}
+    write_json_atomic(out_dir / "summary.json", doc)
+    return doc
+
+
+def _contamination(args: argparse.Namespace) -> int:
+    from pipeline.records import read_records
+
+    report = he.contamination_report(
+        read_records(args.contamination), n=args.ngram, source=args.contamination
+    )
+    print(
+        f"{report['source']}: {report['contaminated']} of {report['records']} records "
+        f"({100 * report['fraction']:.2f}%) share a {report['ngram']}-gram with HumanEval; "
+        f"{report['problems_hit']} of 164 problems hit"
+    )
+    for task, count in list(report["by_task"].items())[:10]:
+        print(f"  {task}: {count} records")
+    if args.output:
+        path = Path(args.output)
+        path = path / "contamination.json" if path.suffix != ".json" else path
+        write_json_atomic(path, report)
+        print(f"report: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.contamination:
+        return _contamination(args)
+    _check_args(args, parser)
+    problems = he.load_problems(limit=args.limit)
+    mode = _prompt_mode(args)
+    ks = sorted(set(args.k))
+    if args.canonical:
+        arms = {"canonical": {"samples": canonical_samples(problems)}}
+        mode = "canonical"
+    elif args.completions:
+        samples = _file_samples(args.completions, problems)
+        present = {s["task_id"] for s in samples}
+        problems = [p for p in problems if p["task_id"] in present]
+        print(
+            f"{args.completions}: scoring {len(problems)} of 164 problems (those it has samples for)",
+            file=sys.stderr,
+        )
+        arms = {_label(Path(args.completions).stem): {"samples": samples}}
+
+    elif args.endpoint:
+        arms = _endpoint_arms(args, problems, mode)
+    else:
+        arms = _local_arms(args, problems, mode)
+    out_dir = Path(args.output or f"outputs/eval-{datetime.now():%Y%m%d-%H%M%S}")
+    settings = {
+        "model": args.model,
+        "adapter": args.adapter,
+        "endpoint": args.endpoint,
+        "prompt_mode": mode,
+        "n": args.n,
+        "k": ks,
+        "temperature": args.temperature,
+        "max_new_tokens": args.max_new_tokens,
+        "problems": len(problems),
+        "timeout": args.timeout,
+        "memory_mb": args.memory_mb,
+        "sandbox": not args.unsafe_no_sandbox,
+    }
+    doc = evaluate(
+        arms,
+        problems,
+        ks,
+        out_dir,
+        settings=settings,
+        timeout=args.timeout,
+        memory_mb=args.memory_mb,
+        workers=args.workers,
+        sandbox=not args.unsafe_no_sandbox,
+    )
+    print(he.format_table(doc["results"], ks))
+    print(f"results: {out_dir}/summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""``python -m pipeline <command>``: one subcommand per stage plus ``generate`` (the whole run).
+
+Heavy imports happen inside the commands that need them, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _error(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML run config (configs/general.yaml, configs/code.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+
+
+def _load(args: argparse.Namespace, extra: dict | None = None):
+    from pipeline.config import load_config
+
+    return load_config(getattr(args, "config", None), getattr(args, "set", []), extra)
+
+
+def _rejected_path(out: Path) -> Path:
+    name = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(f"{name}.rejected.jsonl")
+
+
+def _run_stage_file(stage_name: str, records, out: Path, fn) -> int:
+    """Stream ``records`` through ``fn(records, stats)`` into ``out`` and its rejected file."""
+    from pipeline.records import JsonlWriter
+    from pipeline.stats import StageStats, summary_table
+
+    t0 = time.perf_counter()
+    with JsonlWriter(out, append=False) as kept_w, JsonlWriter(_rejected_path(out), append=False) as rej_w:
+        stats = StageStats(stage=stage_name, sink=rej_w.write)
+        for rec in fn(records, stats):
+            kept_w.write(rec)
+    stats.seconds = time.perf_counter() - t0
+    print(summary_table({stage_name: stats}), file=sys.stderr)
+    print(f"kept {stats.kept} -> {out}; rejected {stats.rejected} -> {_rejected_path(out)}", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.run import Run
+
+    extra: dict = {"generation": {}}
+    if args.num is not None:
+        extra["generation"]["num"] = args.num
+    if args.mode:
+        extra["generation"]["mode"] = args.mode
+    if args.run:
+        extra["run"] = args.run
+    if not args.config:
+        # Default to the shipped config for the mode (configs/general.yaml, configs/code.yaml).
+        default = Path("configs") / f"{args.mode or 'general'}.yaml"
+        args.config = str(default) if default.exists() else None
+    cfg = _load(args, extra)
+    run = Run(cfg, progress=not args.no_progress)
+    print(f"run directory: {run.dir}", file=sys.stderr)
+    try:
+        run.execute()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: what was kept so far is in {run.dir}; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(run.summary(), file=sys.stderr)
+    if not args.no_report:
+        try:
+            from pipeline.report import write_report
+
+            path = write_report([run.dir])
+            print(f"report: {path}", file=sys.stderr)
+        except ImportError:
+            pass
+        except Exception as e:  # the data is written; a report failure must not fail the run
+            print(f"warning: could not write the report: {e}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from pipeline.records import read_records
+    from stages import dedup
+
+    over = {k: v for k, v in {"threshold": args.threshold, "field": args.field, "method": args.method, "tokenizer": args.tokenizer, "workers": args.workers}.items() if v is not None}
+    cfg = _load(args, {"dedup": over}).dedup
+    against = [r for path in args.against for r in read_records(path)]
+    return _run_stage_file("dedup", read_records(args.input), Path(args.output), lambda recs, st: dedup.run(recs, cfg, st, against=against))
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from pipeline.records import read_records
+    from stages import filters
+
+    extra = {"filter": {"mode": args.mode}} if args.mode else {}
+    cfg = _load(args, extra).filter
+    return _run_stage_file("filter", read_records(args.input), Path(args.output), lambda recs, st: filters.run(recs, cfg, st))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.records import read_records
+    from stages import verify
+
+    over = {k: v for k, v in {"timeout": args.timeout, "memory_mb": args.memory_mb, "workers": args.workers}.items() if v is not None}
+    if args.unsafe_no_sandbox:
+        over["unsafe_no_sandbox"] = True
+    if args.fresh_sandbox:
+        over["fresh_sandbox"] = True
+    if args.no_check_vacuous:
+        over["check_vacuous"] = False
+    cfg = _load(args, {"verify": over}).verify
+    return _run_stage_file("verify", read_records(args.input), Path(args.output), lambda recs, st: verify.run(recs, cfg, st))
+
+
+def cmd_verify_seeds(args: argparse.Namespace) -> int:
+    from pipeline.records import enumerate_jsonl
+    from pipeline.stats import StageStats
+    from stages import seeds, verify
+
+    cfg = _load(args).verify
+    seeds.load_seed_records(enumerate_jsonl(args.seeds), args.seeds)  # schema errors name the line
+    code = [verify.seed_to_record(obj) for _, obj in enumerate_jsonl(args.seeds) if obj.get("tests")]
+    if not code:
+        return _error(f"{args.seeds}: no code seeds (records with `tests`)")
+    failures: list[dict] = []
+    stats = StageStats(stage="verify-seeds", sink=failures.append)
+    passed = list(verify.run(code, cfg, stats))
+    for f in failures:
+        rej = f.get("reject", {})
+        statuses = rej.get("statuses") or []
+        detail = statuses[0].get("detail", "") if statuses and isinstance(statuses[0], dict) else ""
+        print(f"FAIL {f['id']}: {rej.get('reason')} {detail}", file=sys.stderr)
+    print(f"{len(passed)}/{len(code)} code seeds pass their own tests in the sandbox (non-vacuous: {'checked' if cfg.check_vacuous else 'not checked'})", file=sys.stderr)
+    return EXIT_OK if stats.kept == stats.total == len(code) else EXIT_ERROR
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.records import read_records, write_json_atomic, write_jsonl_atomic
+    from pipeline.stats import StageStats
+    from stages import export
+
+    run_dir = Path(args.run) if Path(args.run).exists() else Path("outputs") / args.run
+    src = Path(args.input) if args.input else next((run_dir / f for f in ("04_verify.jsonl", "03_filter.jsonl") if (run_dir / f).exists()), None)
+    if src is None or not src.exists():
+        return _error(f"{run_dir}: no 03_filter.jsonl or 04_verify.jsonl to export")
+    cfg = _load(args).export
+    stats = StageStats(stage="export")
+    rows = list(export.run(read_records(src), stats))
+    train, val = export.split(rows, cfg.validation_fraction, 42)
+    write_json_atomic(run_dir / "data.json", [export.to_alpaca(r) for r in train])
+    write_jsonl_atomic(run_dir / "messages.jsonl", (export.to_messages(r, cfg.system_prompt) for r in train))
+    if val:
+        write_json_atomic(run_dir / "data.validation.json", [export.to_alpaca(r) for r in val])
+    print(f"exported {len(train)} train + {len(val)} validation records from {src} to {run_dir}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.server import EmbeddedServer
+
+    cfg = _load(args).llm
+    srv = EmbeddedServer(args.model or cfg.embedded_model, threads=args.threads or cfg.embedded_threads, ctx=cfg.embedded_ctx, port=args.port)
+    with srv:
+        print(f"serving {srv.model_name} at {srv.base_url} (OpenAI-compatible); Ctrl-C stops it", file=sys.stderr)
+        print(f"  export OPENAI_BASE_URL={srv.base_url}", file=sys.stderr)
+        try:
+            while srv.proc and srv.proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
+    dirs = [Path(r) if Path(r).exists() else Path("outputs") / r for r in args.runs]
+    for d in dirs:
+        if not d.exists():
+            return _error(f"{d}: no such run directory")
+    path = write_report(dirs, Path(args.output) if args.output else None)
+    print(f"report: {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    try:
+        from pipeline.ingest import main as ingest_main
+    except ImportError:
+        return _error("`ingest` is not built yet (issue 8)")
+    return ingest_main(args)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from pipeline.config import PipelineConfig, describe
+
+    rows = describe(PipelineConfig)
+    if args.markdown:
+        print("| key | default | meaning |\n|---|---|---|")
+        for key, default, help_ in rows:
+            print(f"| `{key}` | `{default}` | {help_.replace('|', '/')} |")
+        return EXIT_OK
+    for key, default, help_ in rows:
+        print(f"{key:32} {default:24} {help_}")
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pipeline", description="Self-instruct data pipeline: seeds -> generate -> dedup -> filter -> verify -> export")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="run the whole pipeline")
+    _add_config_args(p)
+    p.add_argument("--num", type=int, help="records wanted in data.json")
+    p.add_argument("--mode", choices=["general", "code"])
+    p.add_argument("--run", help="run name (outputs/<run>); the same name resumes")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("dedup", help="ROUGE-L near-duplicate removal over a JSONL file")
+    _add_config_args(p)
+    p.add_argument("input")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--field")
+    p.add_argument("--against", action="append", default=[], metavar="FILE", help="also compare with these records (repeatable)")
+    p.add_argument("--method", choices=["exact", "minhash"])
+    p.add_argument("--tokenizer", choices=["default", "unicode"])
+    p.add_argument("--workers", type=int)
+    p.set_defaults(fn=cmd_dedup)
+
+    p = sub.add_parser("filter", help="instruction and output filters over a JSONL file")
+    _add_config_args(p)
+    p.add_argument("input")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--mode", choices=["general", "code"])
+    p.set_defaults(fn=cmd_filter)
+
+    p = sub.add_parser("verify", help="run code candidates against their tests in the sandbox")
+    _add_config_args(p)
+    p.add_argument("input")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--timeout", type=float)
+    p.add_argument("--memory-mb", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--unsafe-no-sandbox", action="store_true", help="run candidates without the sandbox (only on a throwaway machine)")
+    p.add_argument("--fresh-sandbox", action="store_true", help="a whole new sandbox per candidate instead of a warm one per worker (slower)")
+    p.add_argument("--no-check-vacuous", action="store_true", help="keep test suites that a trivial implementation also passes")
+    p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("verify-seeds", help="check every code seed's reference solution against its own tests")
+    _add_config_args(p)
+    p.add_argument("seeds", nargs="?", default="seed_tasks.jsonl")
+    p.set_defaults(fn=cmd_verify_seeds)
+
+    p = sub.add_parser("export", help="write data.json and messages.jsonl for a run")
+    _add_config_args(p)
+    p.add_argument("--run", required=True, help="run name or directory")
+    p.add_argument("--input", help="records to export (default: the run's last stage file)")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("serve", help="run the embedded model server alone (OpenAI-compatible)")
+    _add_config_args(p)
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--model", help="'smollm2' or a .gguf path")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("report", help="write report.html for one run (or two, side by side)")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--output")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("ingest", help="instruction data from a repository or documents")
+    _add_config_args(p)
+    p.add_argument("path")
+    p.add_argument("--kind", choices=["repo", "docs"], default="repo")
+    p.add_argument("--run")
+    p.set_defaults(fn=cmd_ingest)
+
+    p = sub.add_parser("config", help="list every config key with its default and help")
+    p.add_argument("--markdown", action="store_true", help="as a Markdown table (the README's)")
+    p.set_defaults(fn=cmd_config)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from pipeline.config import ConfigError
+    from pipeline.llm import LLMFatalError
+    from pipeline.records import RecordError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, RecordError, FileNotFoundError, LLMFatalError) as e:
+        return _error(str(e))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        from pipeline.server import ServerError
+
+        if isinstance(e, ServerError):
+            return _error(str(e))
+        try:
+            from stages.execution import SandboxUnavailable
+
+            if isinstance(e, SandboxUnavailable):
+                return _error(str(e))
+        except ImportError:
+            pass
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,516 @@
+"""The only place that talks to a model: an async client over the ``openai`` package for any
+OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp's server, TGI, Ollama).
+
+What it does beyond one call:
+
+- keeps a bounded, semaphore-style stream of requests in flight (no batch barriers), and yields
+  answers in request order so that a run is deterministic whatever the timing;
+- retries 429, 5xx, timeouts, dropped connections and garbage bodies with exponential backoff and
+  jitter (``tenacity``), honouring ``Retry-After``; 400/401/403/404 end the run with a
+  :class:`LLMFatalError` whose message never contains the key;
+- shrinks the whole pool's concurrency when the endpoint answers 429 and grows it back while it
+  recovers (additive increase, multiplicative decrease);
+- optional requests-per-minute and tokens-per-minute limits for hosted APIs;
+- an on-disk response cache keyed by the full request (model, messages/prompt, sampling params,
+  sample index), journaled the moment each answer arrives, so a rerun pays nothing twice;
+- token usage and cost per request kind, and a budget (``max_cost`` / ``max_tokens_total``) that
+  stops issuing new requests cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import os
+import queue
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from pipeline.config import LLMConfig
+from pipeline.records import repair_tail
+
+
+class LLMFatalError(RuntimeError):
+    """An error retrying cannot fix (bad key, bad request, unknown model)."""
+
+
+class BudgetExhausted(RuntimeError):
+    """The configured cost or token budget is spent."""
+
+
+class GarbageReply(RuntimeError):
+    """The endpoint answered 200 with a body that holds no usable completion."""
+
+
+@dataclass
+class Request:
+    """One model call. ``kind`` labels it for usage accounting (generate, tests, solutions...);
+    ``sample`` is the sample index, part of the cache key so that k samples of the same prompt
+    are k different cache entries."""
+
+    kind: str
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    params: dict = field(default_factory=dict)
+    sample: int = 0
+    tag: Any = None  # caller's bookkeeping (not part of the key)
+    api: str | None = None  # "chat" | "completion": overrides the client's default for this call
+
+    def key(self, model: str, api: str) -> str:
+        body = {
+            "model": model,
+            "api": self.api or api,
+            "messages": self.messages,
+            "prompt": self.prompt,
+            "params": self.params,
+            "sample": self.sample,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass
+class Response:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    request_id: str
+    cached: bool = False
+    key: str = ""
+
+
+@dataclass
+class Failure:
+    """A request that could not be answered after all retries (kept as a reject, not a crash)."""
+
+    error: str
+    kind: str = "request_failed"
+
+
+class ResponseCache:
+    """JSONL journal of answers keyed by request hash; loaded on open, appended (and flushed) the
+    moment each answer arrives. A torn last line from a kill is cut off on open."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_tail(self.path)
+        self._data: dict[str, dict] = {}
+        if self.path.exists():
+            with open(self.path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                        self._data[row["key"]] = row
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue
+        self._f = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Response | None:
+        row = self._data.get(key)
+        if row is None:
+            return None
+        return Response(
+            text=row["text"],
+            finish_reason=row["finish_reason"],
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            model=row["model"],
+            request_id=row["request_id"],
+            cached=True,
+            key=key,
+        )
+
+    def put(self, resp: Response) -> None:
+        row = {
+            "key": resp.key,
+            "text": resp.text,
+            "finish_reason": resp.finish_reason,
+            "prompt_tokens": resp.prompt_tokens,
+            "completion_tokens": resp.completion_tokens,
+            "model": resp.model,
+            "request_id": resp.request_id,
+            "time": time.time(),
+        }
+        with self._lock:
+            self._data[resp.key] = row
+            self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._f.flush()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+@dataclass
+class UsageMeter:
+    """Tokens, cost and request counts by request kind; cost from a $/1M-token price table."""
+
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    by_kind: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def price(self, model: str) -> dict[str, float]:
+        if model in self.prices:
+            return self.prices[model]
+        # Hosted APIs answer with dated names (gpt-4o-mini-2024-07-18): match the longest prefix.
+        best = max((m for m in self.prices if model.startswith(m)), key=len, default=None)
+        return self.prices[best] if best else {"prompt": 0.0, "completion": 0.0}
+
+    def add(self, kind: str, resp: Response) -> None:
+        p = self.price(resp.model)
+        cost = (resp.prompt_tokens * p.get("prompt", 0.0) + resp.completion_tokens * p.get("completion", 0.0)) / 1e6
+        with self.lock:
+            k = self.by_kind[kind]
+            k["requests"] += 1
+            k["cached"] += int(resp.cached)
+            k["prompt_tokens"] += resp.prompt_tokens
+            k["completion_tokens"] += resp.completion_tokens
+            k["cost"] += cost
+
+    def fail(self, kind: str) -> None:
+        with self.lock:
+            self.by_kind[kind]["failed"] += 1
+
+    def total(self, name: str) -> float:
+        with self.lock:
+            return sum(k.get(name, 0.0) for k in self.by_kind.values())
+
+    def to_dict(self) -> dict:
+        names = ("requests", "cached", "failed", "prompt_tokens", "completion_tokens", "cost")
+        with self.lock:
+            by = {kind: {n: (round(v.get(n, 0.0), 6) if n == "cost" else int(v.get(n, 0))) for n in names} for kind, v in self.by_kind.items()}
+        out = {n: (round(sum(b[n] for b in by.values()), 6) if n == "cost" else sum(b[n] for b in by.values())) for n in names}
+        out["by_stage"] = by
+        return out
+
+
+class AdaptiveLimiter:
+    """At most ``limit`` calls in flight; ``limit`` halves on a 429 (not below ``floor``) and
+    grows by one after ``grow_after`` successes in a row (not above ``ceiling``)."""
+
+    def __init__(self, ceiling: int, floor: int = 1, grow_after: int = 8):
+        self.ceiling, self.floor, self.grow_after = ceiling, floor, grow_after
+        self.limit = ceiling
+        self.in_flight = 0
+        self._ok_streak = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+    def throttled(self) -> None:
+        self.limit = max(self.floor, self.limit // 2)
+        self._ok_streak = 0
+
+    async def succeeded(self) -> None:
+        self._ok_streak += 1
+        if self._ok_streak >= self.grow_after and self.limit < self.ceiling:
+            self.limit += 1
+            self._ok_streak = 0
+            async with self._cond:
+                self._cond.notify_all()
+
+
+class RateLimiter:
+    """Token bucket over a minute: ``rate`` units per minute, bursting to one minute's worth."""
+
+    def __init__(self, per_minute: float):
+        self.rate = per_minute / 60.0
+        self.capacity = per_minute
+        self.tokens = per_minute
+        self.stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self, amount: float = 1.0) -> None:
+        if self.rate <= 0:
+            return
+        amount = min(amount, self.capacity)
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= amount:
+                    self.tokens -= amount
+                    return
+                await asyncio.sleep((amount - self.tokens) / self.rate)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds from a ``Retry-After`` (seconds or HTTP date) or ``retry-after-ms`` header."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError, GarbageReply, openai.APIResponseValidationError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 425, 429) or exc.status_code >= 500
+    return isinstance(exc, (asyncio.TimeoutError, json.JSONDecodeError))
+
+
+def _redact(text: str, secret: str | None) -> str:
+    if secret and len(secret) >= 4:
+        text = text.replace(secret, "***")
+    return text
+
+
+class LLMClient:
+    """Async OpenAI-compatible client with retries, adaptive concurrency, rate limits, a response
+    cache and a budget. Use :meth:`stream` from synchronous code."""
+
+    def __init__(
+        self,
+        cfg: LLMConfig,
+        *,
+        base_urls: list[str],
+        model: str,
+        api_key: str | None,
+        cache: ResponseCache | None = None,
+        usage: UsageMeter | None = None,
+        api: str | None = None,
+    ):
+        self.cfg = cfg
+        self.base_urls = base_urls
+        self.model = model
+        self.api = api or ("completion" if cfg.api == "completion" else "chat")
+        self._api_key = api_key or "not-needed"
+        self.cache = cache
+        self.usage = usage or UsageMeter(prices=cfg.prices)
+        self.stop_reason: str | None = None
+
+    # -- budget -------------------------------------------------------------------------------
+    def budget_left(self) -> bool:
+        if self.cfg.max_cost and self.usage.total("cost") >= self.cfg.max_cost:
+            self.stop_reason = "budget"
+            return False
+        if self.cfg.max_tokens_total and self.usage.total("prompt_tokens") + self.usage.total("completion_tokens") >= self.cfg.max_tokens_total:
+            self.stop_reason = "budget"
+            return False
+        return True
+
+    # -- one call -----------------------------------------------------------------------------
+    def _clients(self) -> list[openai.AsyncOpenAI]:
+        # max_retries=0: tenacity owns retrying, so backoff and Retry-After follow one policy.
+        return [openai.AsyncOpenAI(base_url=u, api_key=self._api_key, timeout=self.cfg.timeout, max_retries=0) for u in self.base_urls]
+
+    async def _call(self, client: openai.AsyncOpenAI, req: Request) -> Response:
+        params = dict(req.params)
+        if (req.api or self.api) == "chat":
+            if req.messages is None:
+                raise ValueError("chat API needs messages")
+            r = await client.chat.completions.create(model=self.model, messages=req.messages, **params)
+            choice = r.choices[0] if r.choices else None
+            text = getattr(getattr(choice, "message", None), "content", None) if choice else None
+        else:
+            prompt = req.prompt if req.prompt is not None else _messages_to_prompt(req.messages or [])
+            r = await client.completions.create(model=self.model, prompt=prompt, **params)
+            choice = r.choices[0] if r.choices else None
+            text = getattr(choice, "text", None) if choice else None
+        if choice is None or not isinstance(text, str):
+            raise GarbageReply("the endpoint returned no completion text")
+        usage = getattr(r, "usage", None)
+        return Response(
+            text=text,
+            finish_reason=str(getattr(choice, "finish_reason", None) or "unknown"),
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            model=str(getattr(r, "model", None) or self.model),
+            request_id=str(getattr(r, "id", "") or ""),
+        )
+
+    async def _complete(self, clients: list[openai.AsyncOpenAI], index: int, req: Request, limiter: AdaptiveLimiter, rpm: RateLimiter, tpm: RateLimiter) -> Response | Failure:
+        key = req.key(self.model, self.api)
+        if self.cache is not None and self.cfg.cache:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.usage.add(req.kind, hit)
+                return hit
+        est_tokens = len(json.dumps(req.messages or req.prompt or "")) / 4 + req.params.get("max_tokens", 256)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            hinted = _retry_after(exc) if exc else None
+            if hinted is not None:
+                return min(hinted, self.cfg.backoff_max) + random.uniform(0, 0.1)
+            # Exponential backoff with full jitter: spreads retries of many parallel requests.
+            return random.uniform(0, min(self.cfg.backoff_max, 0.5 * 2 ** (state.attempt_number - 1)))
+
+        attempt_no = 0
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_retryable),
+                wait=wait,
+                stop=stop_after_attempt(self.cfg.max_retries + 1),
+                reraise=True,
+            ):
+                with attempt:
+                    attempt_no += 1
+                    await rpm.take(1)
+                    await tpm.take(est_tokens)
+                    await limiter.acquire()
+                    try:
+                        client = clients[(index + attempt_no - 1) % len(clients)]
+                        try:
+                            resp = await asyncio.wait_for(self._call(client, req), timeout=self.cfg.timeout + 5)
+                        except openai.RateLimitError:
+                            limiter.throttled()
+                            raise
+                    finally:
+                        await limiter.release()
+            await limiter.succeeded()
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise LLMFatalError(f"the endpoint refused the API key (HTTP {e.status_code}); check ${self.cfg.api_key_env}") from None
+        except (openai.BadRequestError, openai.NotFoundError, openai.UnprocessableEntityError) as e:
+            detail = _redact(str(getattr(e, "message", "")) or type(e).__name__, self._api_key)
+            raise LLMFatalError(f"the endpoint rejected the request (HTTP {e.status_code}): {detail[:300]}") from None
+        except Exception as e:  # retries exhausted: becomes a rejected request, not a crash
+            self.usage.fail(req.kind)
+            return Failure(error=_redact(f"{type(e).__name__}: {e}", self._api_key)[:300])
+        resp.key = key
+        if self.cache is not None and self.cfg.cache:
+            self.cache.put(resp)
+        self.usage.add(req.kind, resp)
+        return resp
+
+    # -- the stream ---------------------------------------------------------------------------
+    def stream(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Response | Failure]]:
+        """Answer ``requests`` (a lazy, possibly endless iterable) keeping up to
+        ``cfg.concurrency`` in flight, and yield ``(request, answer)`` in request order.
+
+        Stop early by closing the generator (``break`` out of the loop): in-flight requests are
+        cancelled. The stream also ends when the budget is spent (``stop_reason = "budget"``).
+        A fatal error (bad key...) is raised from the iteration.
+        """
+        out: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        done = object()
+        backlog_cap = 2 * self.cfg.concurrency
+
+        async def produce() -> None:
+            clients = self._clients()
+            limiter = AdaptiveLimiter(self.cfg.concurrency, self.cfg.min_concurrency)
+            rpm = RateLimiter(self.cfg.requests_per_minute)
+            tpm = RateLimiter(self.cfg.tokens_per_minute)
+            results: dict[int, tuple[Request, Response | Failure]] = {}
+            next_out = 0
+            tasks: set[asyncio.Task] = set()
+            slots = asyncio.Semaphore(self.cfg.concurrency)
+            fatal: list[BaseException] = []
+
+            def flush() -> None:
+                nonlocal next_out
+                while next_out in results:
+                    out.put(results.pop(next_out))
+                    next_out += 1
+
+            async def one(i: int, req: Request) -> None:
+                try:
+                    results[i] = (req, await self._complete(clients, i, req, limiter, rpm, tpm))
+                except LLMFatalError as e:
+                    fatal.append(e)
+                    stop.set()
+                finally:
+                    slots.release()
+                flush()
+
+            try:
+                for i, req in enumerate(requests):
+                    # Back-pressure: wait while the consumer is far behind (bounded memory).
+                    while not stop.is_set() and (out.qsize() + len(results)) > backlog_cap:
+                        await asyncio.sleep(0.005)
+                    if stop.is_set() or not self.budget_left():
+                        break
+                    await slots.acquire()
+                    if stop.is_set():
+                        slots.release()
+                        break
+                    t = asyncio.create_task(one(i, req))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                while tasks and not stop.is_set():
+                    await asyncio.wait(set(tasks), timeout=0.05)
+                if tasks and not fatal:
+                    # Stopped early: requests already sent are paid for, so let them land in the
+                    # cache (a resumed or larger run reuses them) within a grace period.
+                    await asyncio.wait(set(tasks), timeout=min(self.cfg.timeout, 30.0))
+            finally:
+                for t in list(tasks):
+                    t.cancel()
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                for c in clients:
+                    await c.close()
+                out.put(fatal[0] if fatal else done)
+
+        def runner() -> None:
+            try:
+                asyncio.run(produce())
+            except BaseException as e:  # surface producer crashes to the consumer
+                out.put(e)
+
+        thread = threading.Thread(target=runner, name="llm-stream", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+
+    def complete_all(self, requests: Iterable[Request]) -> list[tuple[Request, Response | Failure]]:
+        return list(self.stream(requests))
+
+
+def _messages_to_prompt(messages: list[dict]) -> str:
+    """Plain transcript for completion-only endpoints given chat messages."""
+    return "\n\n".join(m.get("content", "") for m in messages)
+
+
+def resolve_api_key(cfg: LLMConfig) -> str | None:
+    return os.environ.get(cfg.api_key_env) or None

@@ -1,0 +1,167 @@
+"""Reading and writing records: JSONL (append-and-flush, torn-line repair on resume) and the
+Alpaca JSON array (write-to-temp-then-rename). Every read error names the file, line and field."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class RecordError(ValueError):
+    """A malformed input record; the message names the file, the line and the field."""
+
+    def __init__(self, path: str | os.PathLike, line: int, field: str | None, problem: str):
+        self.path, self.line, self.field = str(path), line, field
+        where = f"{path}:{line}"
+        super().__init__(f"{where}: field '{field}': {problem}" if field else f"{where}: {problem}")
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield one dict per non-blank line; a line that is not a JSON object is a RecordError."""
+    for _, obj in enumerate_jsonl(path):
+        yield obj
+
+
+def enumerate_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` per non-blank line, for validators that name the line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise RecordError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def read_records(path: str | os.PathLike) -> Iterator[dict]:
+    """Records from a ``.jsonl`` file or from a JSON array file (Alpaca ``data.json``)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    with open(p, encoding="utf-8") as f:
+        head = f.read(1024).lstrip()
+    if head.startswith("["):
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise RecordError(p, e.lineno, None, f"not valid JSON ({e.msg})") from None
+        for i, obj in enumerate(data):
+            if not isinstance(obj, dict):
+                raise RecordError(p, i + 1, None, f"array item {i} is not a JSON object")
+            yield obj
+    else:
+        yield from read_jsonl(p)
+
+
+def require(record: dict, field: str, kind: type | tuple[type, ...], path: str, line: int) -> Any:
+    """Return ``record[field]`` if present and of ``kind``, else raise a RecordError naming it."""
+    if field not in record:
+        raise RecordError(path, line, field, "missing")
+    value = record[field]
+    if not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise RecordError(path, line, field, f"expected {names}, got {type(value).__name__}")
+    return value
+
+
+def repair_tail(path: str | os.PathLike) -> int:
+    """Cut a torn last line (a write killed mid-line) off a JSONL file; return bytes removed."""
+    p = Path(path)
+    if not p.exists() or p.stat().st_size == 0:
+        return 0
+    with open(p, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        # Walk back to the last newline; everything after it is a partial record.
+        pos, chunk = size, 4096
+        tail = b""
+        while pos > 0:
+            step = min(chunk, pos)
+            pos -= step
+            f.seek(pos)
+            tail = f.read(step) + tail
+            idx = tail.rfind(b"\n")
+            if idx != -1:
+                keep = pos + idx + 1
+                break
+        else:
+            keep = 0
+        if keep < size:
+            f.truncate(keep)
+        return size - keep
+
+
+class JsonlWriter:
+    """Append records one line at a time, flushed at once, so a killed run loses at most the
+    line being written (which :func:`repair_tail` removes on resume)."""
+
+    def __init__(self, path: str | os.PathLike, *, append: bool = True, fsync: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if append:
+            repair_tail(self.path)
+        self._f = open(self.path, "a" if append else "w", encoding="utf-8")
+        self._fsync = fsync
+        self.count = 0
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        if self._fsync:
+            os.fsync(self._f.fileno())
+        self.count += 1
+
+    def write_all(self, records: Iterable[dict]) -> None:
+        for r in records:
+            self.write(r)
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
+    """Write JSON to a temp file in the same directory, then rename it over ``path``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=indent)
+            f.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Write a whole JSONL file via temp-then-rename; return the number of records."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n

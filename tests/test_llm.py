@@ -1,0 +1,197 @@
+"""The LLM client against the fake OpenAI-compatible server: retries, Retry-After, timeouts,
+garbage, fatal errors that never print the key, the cache, ordering, budget, adaptive limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from pipeline.config import LLMConfig
+from pipeline.llm import AdaptiveLimiter, Failure, LLMClient, LLMFatalError, Request, ResponseCache, Response
+from tests.fake_openai import FakeOpenAI, Reply, completion_body
+
+SECRET = "sk-test-SECRET-0123456789abcdefghij"
+
+
+def make_client(url: str, tmp_path=None, **over) -> LLMClient:
+    cfg = LLMConfig(base_url=url, api="chat", max_retries=over.pop("max_retries", 4), backoff_max=over.pop("backoff_max", 0.2), timeout=over.pop("timeout", 5.0), concurrency=over.pop("concurrency", 4), **over)
+    cache = ResponseCache(tmp_path / "cache.jsonl") if tmp_path else None
+    return LLMClient(cfg, base_urls=[url], model="fake-model", api_key=SECRET, cache=cache)
+
+
+def req(i: int, kind: str = "generate") -> Request:
+    return Request(kind=kind, messages=[{"role": "user", "content": f"question {i}"}], params={"max_tokens": 16}, sample=i)
+
+
+def scripted(*replies: Reply, then: Reply | None = None):
+    queue = list(replies)
+
+    def script(body: dict, n: int) -> Reply:
+        if queue:
+            return queue.pop(0)
+        return then or Reply(body=completion_body(f"answer to {body['messages'][0]['content']}", chat=True))
+
+    return script
+
+
+def test_429_with_retry_after_is_honoured_then_succeeds():
+    with FakeOpenAI(scripted(Reply(status=429, body={"error": {"message": "slow down"}}, headers={"Retry-After": "1"}))) as srv:
+        client = make_client(srv.base_url, backoff_max=5)
+        t0 = time.monotonic()
+        [(r, resp)] = client.complete_all([req(0)])
+        elapsed = time.monotonic() - t0
+    assert isinstance(resp, Response) and resp.text == "answer to question 0"
+    assert len(srv.requests) == 2
+    assert elapsed >= 0.95, "the client must wait the Retry-After seconds before retrying"
+
+
+def test_server_errors_are_retried():
+    with FakeOpenAI(scripted(Reply(status=500, body={"error": {"message": "boom"}}), Reply(status=503, body={}), Reply(status=502, body=b"bad gateway"))) as srv:
+        client = make_client(srv.base_url)
+        [(_, resp)] = client.complete_all([req(0)])
+    assert isinstance(resp, Response) and resp.text == "answer to question 0"
+    assert len(srv.requests) == 4
+
+
+def test_timeout_is_retried():
+    with FakeOpenAI(scripted(Reply(delay=5, body=completion_body("late", chat=True)))) as srv:
+        client = make_client(srv.base_url, timeout=0.5)
+        t0 = time.monotonic()
+        [(_, resp)] = client.complete_all([req(0)])
+    assert isinstance(resp, Response) and resp.text == "answer to question 0"
+    assert time.monotonic() - t0 < 4.5
+
+
+def test_garbage_bodies_are_retried_then_become_a_failure_not_a_crash():
+    garbage = Reply(body=b"<html>not json</html>")
+    with FakeOpenAI(scripted(garbage, Reply(body={"choices": []}))) as srv:
+        client = make_client(srv.base_url)
+        [(_, resp)] = client.complete_all([req(0)])
+        assert isinstance(resp, Response)
+    with FakeOpenAI(scripted(then=garbage)) as srv:
+        client = make_client(srv.base_url, max_retries=2)
+        [(_, resp)] = client.complete_all([req(0)])
+    assert isinstance(resp, Failure)
+    assert len(srv.requests) == 3
+    assert client.usage.to_dict()["failed"] == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_bad_key_is_fatal_and_never_printed(status):
+    body = {"error": {"message": f"Incorrect API key provided: {SECRET}", "type": "invalid_request_error"}}
+    with FakeOpenAI(scripted(then=Reply(status=status, body=body))) as srv:
+        client = make_client(srv.base_url)
+        with pytest.raises(LLMFatalError) as e:
+            client.complete_all([req(0), req(1)])
+    assert SECRET not in str(e.value)
+    assert "OPENAI_API_KEY" in str(e.value)
+    assert len(srv.requests) <= 2, "401 must not be retried"
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_bad_request_is_fatal_without_retry(status):
+    body = {"error": {"message": f"model not found (key {SECRET})"}}
+    with FakeOpenAI(scripted(then=Reply(status=status, body=body))) as srv:
+        client = make_client(srv.base_url, concurrency=1)
+        with pytest.raises(LLMFatalError) as e:
+            client.complete_all([req(0)])
+    assert SECRET not in str(e.value) and str(status) in str(e.value)
+    assert len(srv.requests) == 1
+
+
+def test_answers_come_in_request_order_whatever_the_timing():
+    def script(body: dict, n: int) -> Reply:
+        i = int(body["messages"][0]["content"].split()[-1])
+        return Reply(delay=0.05 * ((7 * i) % 5), body=completion_body(f"a{i}", chat=True))
+
+    with FakeOpenAI(script) as srv:
+        client = make_client(srv.base_url, concurrency=8)
+        out = client.complete_all(req(i) for i in range(20))
+    assert [resp.text for _, resp in out] == [f"a{i}" for i in range(20)]
+    assert srv.max_concurrent > 1, "requests must overlap"
+    assert srv.max_concurrent <= 8
+
+
+def test_cache_makes_a_rerun_free(tmp_path):
+    with FakeOpenAI() as srv:
+        c1 = make_client(srv.base_url, tmp_path)
+        first = [resp.text for _, resp in c1.complete_all(req(i) for i in range(5))]
+        c1.cache.close()
+        n_first = len(srv.requests)
+        c2 = make_client(srv.base_url, tmp_path)
+        second = c2.complete_all(req(i) for i in range(5))
+    assert n_first == 5 and len(srv.requests) == 5, "a rerun must not send cached requests"
+    assert [r.text for _, r in second] == first
+    assert all(r.cached for _, r in second)
+    # The sample index is part of the key: another sample of the same prompt is a new request.
+    r = req(0)
+    assert r.key("m", "chat") != Request(kind="generate", messages=r.messages, params=r.params, sample=1).key("m", "chat")
+
+
+def test_cache_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    good = {"key": "k1", "text": "t", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1, "model": "m", "request_id": "r"}
+    path.write_text(json.dumps(good) + "\n" + '{"key": "k2", "text": "cut off', encoding="utf-8")
+    cache = ResponseCache(path)
+    assert cache.get("k1").text == "t" and cache.get("k2") is None
+    cache.close()
+    assert path.read_text(encoding="utf-8").endswith("\n")
+
+
+def test_token_budget_stops_the_stream_cleanly():
+    with FakeOpenAI() as srv:
+        client = make_client(srv.base_url, concurrency=1, max_tokens_total=100)
+        out = client.complete_all(req(i) for i in range(50))
+    # Each answer costs 30 tokens (10 prompt + 20 completion): the 4th crosses the budget.
+    assert 4 <= len(out) <= 5
+    assert client.stop_reason == "budget"
+
+
+def test_cost_uses_the_price_table():
+    with FakeOpenAI() as srv:
+        client = make_client(srv.base_url, prices={"fake-model": {"prompt": 1.0, "completion": 2.0}})
+        client.complete_all(req(i) for i in range(3))
+    usage = client.usage.to_dict()
+    assert usage["cost"] == pytest.approx(3 * (10 * 1.0 + 20 * 2.0) / 1e6)
+    assert usage["by_stage"]["generate"]["requests"] == 3
+
+
+def test_adaptive_limiter_halves_on_429_and_grows_back():
+    async def go() -> list[int]:
+        lim = AdaptiveLimiter(ceiling=16, floor=2, grow_after=2)
+        seen = [lim.limit]
+        lim.throttled()
+        seen.append(lim.limit)
+        lim.throttled()
+        lim.throttled()
+        lim.throttled()
+        seen.append(lim.limit)
+        for _ in range(4):
+            await lim.succeeded()
+        seen.append(lim.limit)
+        return seen
+
+    assert asyncio.run(go()) == [16, 8, 2, 4]
+
+
+def test_rate_of_429s_shrinks_concurrency_against_a_real_server():
+    # The server refuses whenever more than 3 requests are in flight at once.
+    def script(body: dict, n: int) -> Reply:
+        return Reply(delay=0.05, body=completion_body("ok", chat=True))
+
+    with FakeOpenAI() as srv:
+        def limited(body: dict, n: int) -> Reply:
+            if srv._concurrent > 3:
+                return Reply(status=429, body={"error": {"message": "busy"}}, headers={"retry-after-ms": "20"})
+            return script(body, n)
+
+        srv.script = limited
+        client = make_client(srv.base_url, concurrency=16, max_retries=20)
+        out = client.complete_all(req(i) for i in range(40))
+    assert all(isinstance(r, Response) for _, r in out)
+    print("requests sent for 40 answers:", len(srv.requests))
+    # Without shrinking, 16 in flight against a limit of 3 would be refused ~13 times a round.
+    assert len(srv.requests) < 40 * 3
