@@ -74,7 +74,7 @@ train: install
 	$(PY) -m finetune train --config $(or $(CONFIG_TRAIN),configs/train-smollm2-cpu.yaml) $(if $(DATA),--data $(DATA)) $(foreach s,$(SET),--set $(s))
 
 eval: install
-	$(PY) -m finetune eval $(if $(MODEL),--model $(MODEL)) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(LIMIT),--limit $(LIMIT))
+	$(PY) -m finetune eval $(if $(MODEL),--model $(MODEL)) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(OUT),--output $(OUT))
 
 serve: install
 	$(PY) -m pipeline serve

@@ -82,6 +82,11 @@ class DataConfig:
     max_length: int = _f("tokens per example; longer responses are cut and still end with EOS", 512)
     train_on_inputs: bool = _f("also compute the loss on the prompt tokens", False)
     max_examples: int = _f("use at most this many examples (after shuffling); 0 = all", 0)
+    raw_text: str | None = _f(
+        "raw_text.jsonl from `pipeline ingest` ({text, source} per line) mixed into training: "
+        "loss on every token, EOS appended, cut into data.max_length windows; empty = none",
+        None,
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:

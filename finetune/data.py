@@ -32,14 +32,13 @@ counted (``prompt_too_long``), never silently.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.prompts import alpaca_prompt
-from pipeline.records import RecordError, read_records, require
+from pipeline.records import RecordError, enumerate_jsonl, read_records, require
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -126,9 +125,14 @@ def read_examples(path: str | Path) -> list[Example]:
     return out
 
 
+def _empty(path: Path) -> bool:
+    """A run that kept nothing writes ``[]``; it is no candidate for the latest data."""
+    return path.stat().st_size < 16 and path.read_text(encoding="utf-8").strip() in ("", "[]")
+
+
 def latest_data(outputs_dir: str | Path = "outputs") -> Path:
-    """The ``data.json`` of the most recently written run under ``outputs_dir``."""
-    found = [p for p in Path(outputs_dir).glob("*/data.json") if p.is_file()]
+    """The ``data.json`` of the most recently written run under ``outputs_dir`` that kept records."""
+    found = [p for p in Path(outputs_dir).glob("*/data.json") if p.is_file() and not _empty(p)]
     if not found:
         raise FileNotFoundError(
             f"no run with a data.json under {outputs_dir}/: run `make generate` first or pass --data PATH"
@@ -292,6 +296,38 @@ def split_validation(
     return train, val
 
 
+def read_raw_text(path: str | Path) -> list[str]:
+    """Texts of a ``raw_text.jsonl`` (``{"text", "source"}`` per line, as ``pipeline ingest``
+    writes it); a line without a string ``text`` is a RecordError naming file, line and field."""
+    texts = [require(rec, "text", str, str(path), line) for line, rec in enumerate_jsonl(path)]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError(f"{path}: no raw text")
+    return texts
+
+
+def tokenize_raw_text(texts: list[str], tokenizer: Any, *, max_length: int) -> list[dict[str, Any]]:
+    """Continued-pretraining rows: each text's tokens (BOS where the model uses one) and EOS, cut
+    into windows of at most ``max_length``, with ``labels`` equal to ``input_ids`` (loss on every
+    token). A one-token tail window is widened by one token, since it would hold no target."""
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError(
+            "the tokenizer has no EOS token: set one (tokenizer.eos_token) before training"
+        )
+    rows = []
+    for text in texts:
+        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        while ids and ids[-1] == eos_id:
+            ids.pop()
+        ids.append(eos_id)
+        windows = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+        if len(windows) > 1 and len(windows[-1]) < 2:
+            windows[-1] = ids[-2:]
+        rows.extend({"input_ids": w, "labels": list(w)} for w in windows if len(w) >= 2)
+    return rows
+
+
 def build_datasets(data_cfg: Any, tokenizer: Any, path: str | Path) -> tuple[Any, Any, dict]:
     """(train Dataset, eval Dataset or None, stats dict) of ``input_ids``/``labels`` rows."""
     from datasets import Dataset
@@ -318,9 +354,19 @@ def build_datasets(data_cfg: Any, tokenizer: Any, path: str | Path) -> tuple[Any
             f"{path}: no training example fits data.max_length={data_cfg.max_length} "
             f"(dropped: {train_stats.dropped})"
         )
+    stats = {"path": str(path), "train": train_stats.as_dict(), "validation": val_stats.as_dict()}
+    if getattr(data_cfg, "raw_text", None):
+        # Raw chunks join the training rows only: validation stays conversations, as held out.
+        texts = read_raw_text(data_cfg.raw_text)
+        raw_rows = tokenize_raw_text(texts, tokenizer, max_length=data_cfg.max_length)
+        train_rows = train_rows + raw_rows
+        stats["raw_text"] = {
+            "path": str(data_cfg.raw_text),
+            "texts": len(texts),
+            "rows": len(raw_rows),
+        }
     train_ds = Dataset.from_list(train_rows)
     val_ds = Dataset.from_list(val_rows) if val_rows else None
-    stats = {"path": str(path), "train": train_stats.as_dict(), "validation": val_stats.as_dict()}
     return train_ds, val_ds, stats
 
 
@@ -332,7 +378,3 @@ def prompt_format_dict(data_cfg: Any) -> dict[str, Any]:
     else:
         fmt["system_prompt"] = data_cfg.system_prompt
     return fmt
-
-
-def dumps_row(row: dict) -> str:
-    return json.dumps(row, ensure_ascii=False)

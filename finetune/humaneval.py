@@ -54,10 +54,14 @@ STOP_SEQUENCES: tuple[str, ...] = (
     "\n```",
 )
 
-INSTRUCTION = (
-    "Complete the Python function below so that it does what its docstring says. "
-    "Reply with the whole function in a Python code block."
-)
+
+def _instruction() -> str:
+    from pipeline.prompts import render
+
+    return render("humaneval_instruction").strip()
+
+
+INSTRUCTION = _instruction()
 
 
 def humaneval_path() -> Path:

@@ -172,6 +172,11 @@ def load_tokenizer(path: str | Path) -> Any:
 def _device_map(device: str, quantization: str) -> Any:
     import torch
 
+    sharded = any(
+        os.environ.get(v) == "true" for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+    )
+    if device == "auto" and sharded and quantization == "none":
+        return None  # FSDP / ZeRO-3 place and shard the weights themselves
     if device == "auto":
         if torch.cuda.is_available():
             return {"": int(os.environ.get("LOCAL_RANK", 0))}

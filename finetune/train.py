@@ -162,6 +162,9 @@ def run_training(
         flush=True,
     )
     torch_dtype = resolve_dtype(cfg.model.dtype, "auto", cfg.model.quantization)
+    # The arguments come first: under DeepSpeed ZeRO-3 they must exist before the model is
+    # built so that from_pretrained shards the weights as it loads them.
+    args = sft_config(cfg, out, eval_ds is not None, torch_dtype)
     model = load_base_model(
         base,
         dtype=cfg.model.dtype,
@@ -171,7 +174,6 @@ def run_training(
     )
     # Packed rows are recognised from position_ids only when no KV cache is built (training).
     model.config.use_cache = False
-    args = sft_config(cfg, out, eval_ds is not None, torch_dtype)
     if args.packing:
         attn = model.config._attn_implementation
         print(

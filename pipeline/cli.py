@@ -6,9 +6,7 @@ Heavy imports happen inside the commands that need them, so ``--help`` is instan
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,13 @@ def _error(msg: str) -> int:
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML run config (configs/general.yaml, configs/code.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable)",
+    )
 
 
 def _load(args: argparse.Namespace, extra: dict | None = None):
@@ -43,13 +47,19 @@ def _run_stage_file(stage_name: str, records, out: Path, fn) -> int:
     from pipeline.stats import StageStats, summary_table
 
     t0 = time.perf_counter()
-    with JsonlWriter(out, append=False) as kept_w, JsonlWriter(_rejected_path(out), append=False) as rej_w:
+    with (
+        JsonlWriter(out, append=False) as kept_w,
+        JsonlWriter(_rejected_path(out), append=False) as rej_w,
+    ):
         stats = StageStats(stage=stage_name, sink=rej_w.write)
         for rec in fn(records, stats):
             kept_w.write(rec)
     stats.seconds = time.perf_counter() - t0
     print(summary_table({stage_name: stats}), file=sys.stderr)
-    print(f"kept {stats.kept} -> {out}; rejected {stats.rejected} -> {_rejected_path(out)}", file=sys.stderr)
+    print(
+        f"kept {stats.kept} -> {out}; rejected {stats.rejected} -> {_rejected_path(out)}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -76,7 +86,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         run.execute()
     except KeyboardInterrupt:
-        print(f"\ninterrupted: what was kept so far is in {run.dir}; run the same command again to resume", file=sys.stderr)
+        print(
+            f"\ninterrupted: what was kept so far is in {run.dir}; run the same command again to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     print(run.summary(), file=sys.stderr)
     if not args.no_report:
@@ -96,10 +109,25 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     from pipeline.records import read_records
     from stages import dedup
 
-    over = {k: v for k, v in {"threshold": args.threshold, "field": args.field, "method": args.method, "tokenizer": args.tokenizer, "workers": args.workers}.items() if v is not None}
+    over = {
+        k: v
+        for k, v in {
+            "threshold": args.threshold,
+            "field": args.field,
+            "method": args.method,
+            "tokenizer": args.tokenizer,
+            "workers": args.workers,
+        }.items()
+        if v is not None
+    }
     cfg = _load(args, {"dedup": over}).dedup
     against = [r for path in args.against for r in read_records(path)]
-    return _run_stage_file("dedup", read_records(args.input), Path(args.output), lambda recs, st: dedup.run(recs, cfg, st, against=against))
+    return _run_stage_file(
+        "dedup",
+        read_records(args.input),
+        Path(args.output),
+        lambda recs, st: dedup.run(recs, cfg, st, against=against),
+    )
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
@@ -108,14 +136,27 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
     extra = {"filter": {"mode": args.mode}} if args.mode else {}
     cfg = _load(args, extra).filter
-    return _run_stage_file("filter", read_records(args.input), Path(args.output), lambda recs, st: filters.run(recs, cfg, st))
+    return _run_stage_file(
+        "filter",
+        read_records(args.input),
+        Path(args.output),
+        lambda recs, st: filters.run(recs, cfg, st),
+    )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.records import read_records
     from stages import verify
 
-    over = {k: v for k, v in {"timeout": args.timeout, "memory_mb": args.memory_mb, "workers": args.workers}.items() if v is not None}
+    over = {
+        k: v
+        for k, v in {
+            "timeout": args.timeout,
+            "memory_mb": args.memory_mb,
+            "workers": args.workers,
+        }.items()
+        if v is not None
+    }
     if args.unsafe_no_sandbox:
         over["unsafe_no_sandbox"] = True
     if args.fresh_sandbox:
@@ -123,7 +164,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.no_check_vacuous:
         over["check_vacuous"] = False
     cfg = _load(args, {"verify": over}).verify
-    return _run_stage_file("verify", read_records(args.input), Path(args.output), lambda recs, st: verify.run(recs, cfg, st))
+    return _run_stage_file(
+        "verify",
+        read_records(args.input),
+        Path(args.output),
+        lambda recs, st: verify.run(recs, cfg, st),
+    )
 
 
 def cmd_verify_seeds(args: argparse.Namespace) -> int:
@@ -133,7 +179,9 @@ def cmd_verify_seeds(args: argparse.Namespace) -> int:
 
     cfg = _load(args).verify
     seeds.load_seed_records(enumerate_jsonl(args.seeds), args.seeds)  # schema errors name the line
-    code = [verify.seed_to_record(obj) for _, obj in enumerate_jsonl(args.seeds) if obj.get("tests")]
+    code = [
+        verify.seed_to_record(obj) for _, obj in enumerate_jsonl(args.seeds) if obj.get("tests")
+    ]
     if not code:
         return _error(f"{args.seeds}: no code seeds (records with `tests`)")
     failures: list[dict] = []
@@ -144,7 +192,10 @@ def cmd_verify_seeds(args: argparse.Namespace) -> int:
         statuses = rej.get("statuses") or []
         detail = statuses[0].get("detail", "") if statuses and isinstance(statuses[0], dict) else ""
         print(f"FAIL {f['id']}: {rej.get('reason')} {detail}", file=sys.stderr)
-    print(f"{len(passed)}/{len(code)} code seeds pass their own tests in the sandbox (non-vacuous: {'checked' if cfg.check_vacuous else 'not checked'})", file=sys.stderr)
+    print(
+        f"{len(passed)}/{len(code)} code seeds pass their own tests in the sandbox (non-vacuous: {'checked' if cfg.check_vacuous else 'not checked'})",
+        file=sys.stderr,
+    )
     return EXIT_OK if stats.kept == stats.total == len(code) else EXIT_ERROR
 
 
@@ -154,7 +205,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from stages import export
 
     run_dir = Path(args.run) if Path(args.run).exists() else Path("outputs") / args.run
-    src = Path(args.input) if args.input else next((run_dir / f for f in ("04_verify.jsonl", "03_filter.jsonl") if (run_dir / f).exists()), None)
+    src = (
+        Path(args.input)
+        if args.input
+        else next(
+            (run_dir / f for f in ("04_verify.jsonl", "03_filter.jsonl") if (run_dir / f).exists()),
+            None,
+        )
+    )
     if src is None or not src.exists():
         return _error(f"{run_dir}: no 03_filter.jsonl or 04_verify.jsonl to export")
     cfg = _load(args).export
@@ -162,10 +220,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     rows = list(export.run(read_records(src), stats))
     train, val = export.split(rows, cfg.validation_fraction, 42)
     write_json_atomic(run_dir / "data.json", [export.to_alpaca(r) for r in train])
-    write_jsonl_atomic(run_dir / "messages.jsonl", (export.to_messages(r, cfg.system_prompt) for r in train))
+    write_jsonl_atomic(
+        run_dir / "messages.jsonl", (export.to_messages(r, cfg.system_prompt) for r in train)
+    )
     if val:
         write_json_atomic(run_dir / "data.validation.json", [export.to_alpaca(r) for r in val])
-    print(f"exported {len(train)} train + {len(val)} validation records from {src} to {run_dir}", file=sys.stderr)
+    print(
+        f"exported {len(train)} train + {len(val)} validation records from {src} to {run_dir}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -173,9 +236,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.server import EmbeddedServer
 
     cfg = _load(args).llm
-    srv = EmbeddedServer(args.model or cfg.embedded_model, threads=args.threads or cfg.embedded_threads, ctx=cfg.embedded_ctx, port=args.port)
+    srv = EmbeddedServer(
+        args.model or cfg.embedded_model,
+        threads=args.threads or cfg.embedded_threads,
+        ctx=cfg.embedded_ctx,
+        port=args.port,
+    )
     with srv:
-        print(f"serving {srv.model_name} at {srv.base_url} (OpenAI-compatible); Ctrl-C stops it", file=sys.stderr)
+        print(
+            f"serving {srv.model_name} at {srv.base_url} (OpenAI-compatible); Ctrl-C stops it",
+            file=sys.stderr,
+        )
         print(f"  export OPENAI_BASE_URL={srv.base_url}", file=sys.stderr)
         try:
             while srv.proc and srv.proc.poll() is None:
@@ -223,7 +294,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m pipeline", description="Self-instruct data pipeline: seeds -> generate -> dedup -> filter -> verify -> export")
+    ap = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Self-instruct data pipeline: seeds -> generate -> dedup -> filter -> verify -> export",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -242,7 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--threshold", type=float)
     p.add_argument("--field")
-    p.add_argument("--against", action="append", default=[], metavar="FILE", help="also compare with these records (repeatable)")
+    p.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also compare with these records (repeatable)",
+    )
     p.add_argument("--method", choices=["exact", "minhash"])
     p.add_argument("--tokenizer", choices=["default", "unicode"])
     p.add_argument("--workers", type=int)
@@ -262,12 +342,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float)
     p.add_argument("--memory-mb", type=int)
     p.add_argument("--workers", type=int)
-    p.add_argument("--unsafe-no-sandbox", action="store_true", help="run candidates without the sandbox (only on a throwaway machine)")
-    p.add_argument("--fresh-sandbox", action="store_true", help="a whole new sandbox per candidate instead of a warm one per worker (slower)")
-    p.add_argument("--no-check-vacuous", action="store_true", help="keep test suites that a trivial implementation also passes")
+    p.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="run candidates without the sandbox (only on a throwaway machine)",
+    )
+    p.add_argument(
+        "--fresh-sandbox",
+        action="store_true",
+        help="a whole new sandbox per candidate instead of a warm one per worker (slower)",
+    )
+    p.add_argument(
+        "--no-check-vacuous",
+        action="store_true",
+        help="keep test suites that a trivial implementation also passes",
+    )
     p.set_defaults(fn=cmd_verify)
 
-    p = sub.add_parser("verify-seeds", help="check every code seed's reference solution against its own tests")
+    p = sub.add_parser(
+        "verify-seeds", help="check every code seed's reference solution against its own tests"
+    )
     _add_config_args(p)
     p.add_argument("seeds", nargs="?", default="seed_tasks.jsonl")
     p.set_defaults(fn=cmd_verify_seeds)
@@ -305,29 +399,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     from pipeline.config import ConfigError
-    from pipeline.llm import LLMFatalError
+    from pipeline.errors import LLMFatalError, ServerError
     from pipeline.records import RecordError
 
     try:
         return args.fn(args)
-    except (ConfigError, RecordError, FileNotFoundError, LLMFatalError) as e:
+    except (ConfigError, RecordError, FileNotFoundError, LLMFatalError, ServerError) as e:
         return _error(str(e))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except Exception as e:
-        from pipeline.server import ServerError
-
-        if isinstance(e, ServerError):
+    except RuntimeError as e:
+        # The sandbox's refusal is a message for the user, not a crash.
+        if type(e).__name__ == "SandboxUnavailable":
             return _error(str(e))
-        try:
-            from stages.execution import SandboxUnavailable
-
-            if isinstance(e, SandboxUnavailable):
-                return _error(str(e))
-        except ImportError:
-            pass
         raise
 
 

@@ -32,20 +32,39 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
 
 @dataclass
 class LLMConfig:
-    base_url: str | None = _help("OpenAI-compatible endpoint; default $OPENAI_BASE_URL; unset = start the embedded model server", None)
-    base_urls: list[str] = _help("several endpoints (vLLM replicas) to spread requests over, round-robin", factory=list)
-    model: str | None = _help("model name sent to the endpoint; default $OPENAI_MODEL, or the embedded model's", None)
-    api_key_env: str = _help("name of the environment variable holding the API key (the key itself is never stored)", "OPENAI_API_KEY")
-    api: str = _help("chat | completion | auto (completion for the embedded base-style few-shot prompts, chat for a configured endpoint)", "auto")
+    base_url: str | None = _help(
+        "OpenAI-compatible endpoint; default $OPENAI_BASE_URL; unset = start the embedded model server",
+        None,
+    )
+    base_urls: list[str] = _help(
+        "several endpoints (vLLM replicas) to spread requests over, round-robin", factory=list
+    )
+    model: str | None = _help(
+        "model name sent to the endpoint; default $OPENAI_MODEL, or the embedded model's", None
+    )
+    api_key_env: str = _help(
+        "name of the environment variable holding the API key (the key itself is never stored)",
+        "OPENAI_API_KEY",
+    )
+    api: str = _help(
+        "chat | completion | auto (completion for the embedded base-style few-shot prompts, chat for a configured endpoint)",
+        "auto",
+    )
     concurrency: int = _help("maximum requests in flight", 8)
     min_concurrency: int = _help("floor the pool shrinks to when the endpoint answers 429", 1)
     timeout: float = _help("seconds before one request is abandoned and retried", 120.0)
     max_retries: int = _help("retries for 429, 5xx, timeouts and dropped connections", 6)
     backoff_max: float = _help("ceiling in seconds for one backoff wait", 60.0)
     requests_per_minute: float = _help("client-side request rate limit; 0 = none", 0.0)
-    tokens_per_minute: float = _help("client-side token rate limit (prompt + max completion); 0 = none", 0.0)
-    max_cost: float = _help("stop the run cleanly once this many dollars are spent; 0 = no limit", 0.0)
-    max_tokens_total: int = _help("stop the run cleanly once this many tokens are spent; 0 = no limit", 0)
+    tokens_per_minute: float = _help(
+        "client-side token rate limit (prompt + max completion); 0 = none", 0.0
+    )
+    max_cost: float = _help(
+        "stop the run cleanly once this many dollars are spent; 0 = no limit", 0.0
+    )
+    max_tokens_total: int = _help(
+        "stop the run cleanly once this many tokens are spent; 0 = no limit", 0
+    )
     prices: dict[str, dict[str, float]] = _help(
         "dollars per million tokens by model name: {model: {prompt: x, completion: y}}",
         factory=lambda: {
@@ -55,8 +74,12 @@ class LLMConfig:
         },
     )
     cache: bool = _help("cache responses on disk keyed by the full request", True)
-    embedded_model: str = _help("embedded server model: 'smollm2' (bundled) or a path to a .gguf file", "smollm2")
-    embedded_threads: int = _help("llama.cpp threads for the embedded server; 0 = cores minus one", 0)
+    embedded_model: str = _help(
+        "embedded server model: 'smollm2' (bundled) or a path to a .gguf file", "smollm2"
+    )
+    embedded_threads: int = _help(
+        "llama.cpp threads for the embedded server; 0 = cores minus one", 0
+    )
     embedded_ctx: int = _help("context length of the embedded server", 2048)
 
     def __post_init__(self) -> None:
@@ -65,60 +88,94 @@ class LLMConfig:
         if self.concurrency < 1:
             raise ValueError(f"llm.concurrency={self.concurrency!r}: must be at least 1")
         if not 1 <= self.min_concurrency <= self.concurrency:
-            raise ValueError(f"llm.min_concurrency={self.min_concurrency!r}: must be between 1 and llm.concurrency ({self.concurrency})")
+            raise ValueError(
+                f"llm.min_concurrency={self.min_concurrency!r}: must be between 1 and llm.concurrency ({self.concurrency})"
+            )
         if self.timeout <= 0:
             raise ValueError(f"llm.timeout={self.timeout!r}: must be positive seconds")
 
 
 @dataclass
 class GenerationConfig:
-    mode: str = _help("general (Alpaca-style tasks) | code (problems + unit tests + candidate solutions)", "general")
+    mode: str = _help(
+        "general (Alpaca-style tasks) | code (problems + unit tests + candidate solutions)",
+        "general",
+    )
     num: int = _help("records wanted in data.json", 20)
     seed: int = _help("RNG seed for seed sampling and request order", 42)
     seeds_path: str = _help("seed task file (self-instruct schema, JSONL)", "seed_tasks.jsonl")
     num_prompt_tasks: int = _help("seed tasks shown as examples in each request", 3)
     tasks_per_request: int = _help("new tasks asked for in each general-mode request", 5)
-    mix_generated: float = _help("share of prompt examples drawn from already kept generated tasks (self-instruct style); 0 = seeds only", 0.0)
+    mix_generated: float = _help(
+        "share of prompt examples drawn from already kept generated tasks (self-instruct style); 0 = seeds only",
+        0.0,
+    )
     temperature: float = _help("sampling temperature", 0.9)
     top_p: float = _help("nucleus sampling", 0.95)
     max_tokens: int = _help("completion tokens per request", 768)
-    answer_mode: str = _help("general mode: inline (use the output written in the batch) | chat (ask the chat endpoint to answer each new instruction, Self-Instruct's two-step recipe) | auto (chat for the embedded model, inline otherwise)", "auto")
+    answer_mode: str = _help(
+        "general mode: inline (use the output written in the batch) | chat (ask the chat endpoint to answer each new instruction, Self-Instruct's two-step recipe) | auto (chat for the embedded model, inline otherwise)",
+        "auto",
+    )
     answer_temperature: float = _help("sampling temperature for answers in answer_mode=chat", 0.3)
     max_requests: int = _help("hard cap on generation requests in one run; 0 = 50 x num", 0)
     num_candidates: int = _help("code mode: candidate solutions sampled per problem", 4)
-    num_test_samples: int = _help("code mode: unit-test suites sampled per problem (first usable one is kept)", 1)
-    code_overgenerate: float = _help("code mode: problems generated per wanted record in a round", 2.0)
-    code_rounds: int = _help("code mode: rounds of problem generation before giving up on reaching num", 4)
+    num_test_samples: int = _help(
+        "code mode: unit-test suites sampled per problem (first usable one is kept)", 1
+    )
+    code_overgenerate: float = _help(
+        "code mode: problems generated per wanted record in a round", 2.0
+    )
+    code_rounds: int = _help(
+        "code mode: rounds of problem generation before giving up on reaching num", 4
+    )
 
     def __post_init__(self) -> None:
         if self.answer_mode not in ("inline", "chat", "auto"):
-            raise ValueError(f"generation.answer_mode={self.answer_mode!r}: use 'inline', 'chat' or 'auto'")
+            raise ValueError(
+                f"generation.answer_mode={self.answer_mode!r}: use 'inline', 'chat' or 'auto'"
+            )
         if self.mode not in ("general", "code"):
             raise ValueError(f"generation.mode={self.mode!r}: use 'general' or 'code'")
         if self.num < 1:
             raise ValueError(f"generation.num={self.num!r}: must be at least 1")
         if self.num_prompt_tasks < 1:
-            raise ValueError(f"generation.num_prompt_tasks={self.num_prompt_tasks!r}: must be at least 1")
+            raise ValueError(
+                f"generation.num_prompt_tasks={self.num_prompt_tasks!r}: must be at least 1"
+            )
         if not 0.0 <= self.mix_generated <= 1.0:
-            raise ValueError(f"generation.mix_generated={self.mix_generated!r}: must be between 0 and 1")
+            raise ValueError(
+                f"generation.mix_generated={self.mix_generated!r}: must be between 0 and 1"
+            )
         if self.num_candidates < 1:
-            raise ValueError(f"generation.num_candidates={self.num_candidates!r}: must be at least 1")
+            raise ValueError(
+                f"generation.num_candidates={self.num_candidates!r}: must be at least 1"
+            )
 
 
 @dataclass
 class ExportConfig:
-    validation_fraction: float = _help("share of records written to data.validation.json (seeded split); 0 = none", 0.0)
-    save_to_disk: bool = _help("also write a `datasets` DatasetDict with save_to_disk into <run>/hf_dataset", False)
+    validation_fraction: float = _help(
+        "share of records written to data.validation.json (seeded split); 0 = none", 0.0
+    )
+    save_to_disk: bool = _help(
+        "also write a `datasets` DatasetDict with save_to_disk into <run>/hf_dataset", False
+    )
     system_prompt: str = _help("system message put first in messages.jsonl; empty = none", "")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"export.validation_fraction={self.validation_fraction!r}: must be in [0, 1)")
+            raise ValueError(
+                f"export.validation_fraction={self.validation_fraction!r}: must be in [0, 1)"
+            )
 
 
 @dataclass
 class PipelineConfig:
-    run: str = _help("run name: the directory outputs/<run>; empty = <mode>-n<num>-s<seed>. The same name resumes", "")
+    run: str = _help(
+        "run name: the directory outputs/<run>; empty = <mode>-n<num>-s<seed>. The same name resumes",
+        "",
+    )
     output_dir: str = _help("parent directory of run directories", "outputs")
     llm: LLMConfig = _help("the model endpoint", factory=LLMConfig)
     generation: GenerationConfig = _help("seed sampling and generation", factory=GenerationConfig)
@@ -140,7 +197,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return build(tp, value, where)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>" or type(tp).__name__ == "UnionType":
+    if (
+        origin is typing.Union
+        or str(origin) == "<class 'types.UnionType'>"
+        or type(tp).__name__ == "UnionType"
+    ):
         if value is None and type(None) in args:
             return None
         for a in args:
@@ -173,7 +234,9 @@ def build(cls: type, data: dict | None, where: str = "") -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)} (known: {', '.join(fields)})")
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(prefix + k for k in unknown)} (known: {', '.join(fields)})"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -207,7 +270,11 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None, extra: dict | None = None) -> PipelineConfig:
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    extra: dict | None = None,
+) -> PipelineConfig:
     """YAML file (optional) + ``extra`` dict + ``--set`` overrides, validated into a PipelineConfig."""
     data: dict = {}
     if path:
@@ -237,7 +304,9 @@ def to_dict(cfg: Any) -> dict:
 
 def save_config(cfg: PipelineConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML. Secrets never live in the config (see module doc)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    Path(path).write_text(
+        yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

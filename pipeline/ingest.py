@@ -609,6 +609,10 @@ class Ingest:
 
         cfg, icfg = self.cfg, self.icfg
         started = time.time()
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"{self.root}: not a directory (give a repository or docs folder)"
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
         resolved = {**to_dict(cfg), "ingest": dataclasses.asdict(icfg)}
         (self.dir / "config.yaml").write_text(
@@ -972,6 +976,11 @@ class Ingest:
             f"requests {llm['requests']} ({llm['cached']} from cache, {llm['failed']} failed), tokens {llm['prompt_tokens']} prompt + {llm['completion_tokens']} completion, cost ${llm['cost']:.4f}, {d['wall_seconds']:.1f}s"
         )
         lines.append(f"skip report: {self.dir / 'ingest_report.json'}")
+        lines.append(
+            f"train on the mix: make train DATA={self.dir / 'messages.jsonl'} "
+            f"SET='data.raw_text={self.dir / 'raw_text.jsonl'} "
+            f"data.validation_path={self.dir / 'messages.validation.jsonl'}'"
+        )
         return "\n".join(lines)
 
 

@@ -38,11 +38,8 @@ import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from pipeline.config import LLMConfig
+from pipeline.errors import LLMFatalError
 from pipeline.records import repair_tail
-
-
-class LLMFatalError(RuntimeError):
-    """An error retrying cannot fix (bad key, bad request, unknown model)."""
 
 
 class BudgetExhausted(RuntimeError):
@@ -76,7 +73,9 @@ class Request:
             "params": self.params,
             "sample": self.sample,
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps(body, sort_keys=True, ensure_ascii=False).encode()
+        ).hexdigest()
 
 
 @dataclass
@@ -162,7 +161,9 @@ class UsageMeter:
     """Tokens, cost and request counts by request kind; cost from a $/1M-token price table."""
 
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
-    by_kind: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+    by_kind: dict[str, dict[str, float]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(float))
+    )
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def price(self, model: str) -> dict[str, float]:
@@ -174,7 +175,10 @@ class UsageMeter:
 
     def add(self, kind: str, resp: Response) -> None:
         p = self.price(resp.model)
-        cost = (resp.prompt_tokens * p.get("prompt", 0.0) + resp.completion_tokens * p.get("completion", 0.0)) / 1e6
+        cost = (
+            resp.prompt_tokens * p.get("prompt", 0.0)
+            + resp.completion_tokens * p.get("completion", 0.0)
+        ) / 1e6
         with self.lock:
             k = self.by_kind[kind]
             k["requests"] += 1
@@ -194,8 +198,20 @@ class UsageMeter:
     def to_dict(self) -> dict:
         names = ("requests", "cached", "failed", "prompt_tokens", "completion_tokens", "cost")
         with self.lock:
-            by = {kind: {n: (round(v.get(n, 0.0), 6) if n == "cost" else int(v.get(n, 0))) for n in names} for kind, v in self.by_kind.items()}
-        out = {n: (round(sum(b[n] for b in by.values()), 6) if n == "cost" else sum(b[n] for b in by.values())) for n in names}
+            by = {
+                kind: {
+                    n: (round(v.get(n, 0.0), 6) if n == "cost" else int(v.get(n, 0))) for n in names
+                }
+                for kind, v in self.by_kind.items()
+            }
+        out = {
+            n: (
+                round(sum(b[n] for b in by.values()), 6)
+                if n == "cost"
+                else sum(b[n] for b in by.values())
+            )
+            for n in names
+        }
         out["by_stage"] = by
         return out
 
@@ -235,12 +251,13 @@ class AdaptiveLimiter:
 
 
 class RateLimiter:
-    """Token bucket over a minute: ``rate`` units per minute, bursting to one minute's worth."""
+    """Token bucket: ``per_minute`` units a minute, bursting to ``burst_seconds`` worth, so a
+    run starts at once but never exceeds the rate a hosted API enforces per minute."""
 
-    def __init__(self, per_minute: float):
+    def __init__(self, per_minute: float, burst_seconds: float = 5.0):
         self.rate = per_minute / 60.0
-        self.capacity = per_minute
-        self.tokens = per_minute
+        self.capacity = max(1.0, self.rate * burst_seconds)
+        self.tokens = self.capacity
         self.stamp = time.monotonic()
         self._lock = asyncio.Lock()
 
@@ -282,7 +299,17 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 def _is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError, GarbageReply, openai.APIResponseValidationError)):
+    if isinstance(
+        exc,
+        (
+            openai.RateLimitError,
+            openai.InternalServerError,
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+            GarbageReply,
+            openai.APIResponseValidationError,
+        ),
+    ):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 409, 425, 429) or exc.status_code >= 500
@@ -324,7 +351,11 @@ class LLMClient:
         if self.cfg.max_cost and self.usage.total("cost") >= self.cfg.max_cost:
             self.stop_reason = "budget"
             return False
-        if self.cfg.max_tokens_total and self.usage.total("prompt_tokens") + self.usage.total("completion_tokens") >= self.cfg.max_tokens_total:
+        if (
+            self.cfg.max_tokens_total
+            and self.usage.total("prompt_tokens") + self.usage.total("completion_tokens")
+            >= self.cfg.max_tokens_total
+        ):
             self.stop_reason = "budget"
             return False
         return True
@@ -332,18 +363,27 @@ class LLMClient:
     # -- one call -----------------------------------------------------------------------------
     def _clients(self) -> list[openai.AsyncOpenAI]:
         # max_retries=0: tenacity owns retrying, so backoff and Retry-After follow one policy.
-        return [openai.AsyncOpenAI(base_url=u, api_key=self._api_key, timeout=self.cfg.timeout, max_retries=0) for u in self.base_urls]
+        return [
+            openai.AsyncOpenAI(
+                base_url=u, api_key=self._api_key, timeout=self.cfg.timeout, max_retries=0
+            )
+            for u in self.base_urls
+        ]
 
     async def _call(self, client: openai.AsyncOpenAI, req: Request) -> Response:
         params = dict(req.params)
         if (req.api or self.api) == "chat":
             if req.messages is None:
                 raise ValueError("chat API needs messages")
-            r = await client.chat.completions.create(model=self.model, messages=req.messages, **params)
+            r = await client.chat.completions.create(
+                model=self.model, messages=req.messages, **params
+            )
             choice = r.choices[0] if r.choices else None
             text = getattr(getattr(choice, "message", None), "content", None) if choice else None
         else:
-            prompt = req.prompt if req.prompt is not None else _messages_to_prompt(req.messages or [])
+            prompt = (
+                req.prompt if req.prompt is not None else _messages_to_prompt(req.messages or [])
+            )
             r = await client.completions.create(model=self.model, prompt=prompt, **params)
             choice = r.choices[0] if r.choices else None
             text = getattr(choice, "text", None) if choice else None
@@ -359,14 +399,24 @@ class LLMClient:
             request_id=str(getattr(r, "id", "") or ""),
         )
 
-    async def _complete(self, clients: list[openai.AsyncOpenAI], index: int, req: Request, limiter: AdaptiveLimiter, rpm: RateLimiter, tpm: RateLimiter) -> Response | Failure:
+    async def _complete(
+        self,
+        clients: list[openai.AsyncOpenAI],
+        index: int,
+        req: Request,
+        limiter: AdaptiveLimiter,
+        rpm: RateLimiter,
+        tpm: RateLimiter,
+    ) -> Response | Failure:
         key = req.key(self.model, self.api)
         if self.cache is not None and self.cfg.cache:
             hit = self.cache.get(key)
             if hit is not None:
                 self.usage.add(req.kind, hit)
                 return hit
-        est_tokens = len(json.dumps(req.messages or req.prompt or "")) / 4 + req.params.get("max_tokens", 256)
+        est_tokens = len(json.dumps(req.messages or req.prompt or "")) / 4 + req.params.get(
+            "max_tokens", 256
+        )
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -374,7 +424,9 @@ class LLMClient:
             if hinted is not None:
                 return min(hinted, self.cfg.backoff_max) + random.uniform(0, 0.1)
             # Exponential backoff with full jitter: spreads retries of many parallel requests.
-            return random.uniform(0, min(self.cfg.backoff_max, 0.5 * 2 ** (state.attempt_number - 1)))
+            return random.uniform(
+                0, min(self.cfg.backoff_max, 0.5 * 2 ** (state.attempt_number - 1))
+            )
 
         attempt_no = 0
         try:
@@ -392,7 +444,9 @@ class LLMClient:
                     try:
                         client = clients[(index + attempt_no - 1) % len(clients)]
                         try:
-                            resp = await asyncio.wait_for(self._call(client, req), timeout=self.cfg.timeout + 5)
+                            resp = await asyncio.wait_for(
+                                self._call(client, req), timeout=self.cfg.timeout + 5
+                            )
                         except openai.RateLimitError:
                             limiter.throttled()
                             raise
@@ -400,10 +454,14 @@ class LLMClient:
                         await limiter.release()
             await limiter.succeeded()
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-            raise LLMFatalError(f"the endpoint refused the API key (HTTP {e.status_code}); check ${self.cfg.api_key_env}") from None
+            raise LLMFatalError(
+                f"the endpoint refused the API key (HTTP {e.status_code}); check ${self.cfg.api_key_env}"
+            ) from None
         except (openai.BadRequestError, openai.NotFoundError, openai.UnprocessableEntityError) as e:
             detail = _redact(str(getattr(e, "message", "")) or type(e).__name__, self._api_key)
-            raise LLMFatalError(f"the endpoint rejected the request (HTTP {e.status_code}): {detail[:300]}") from None
+            raise LLMFatalError(
+                f"the endpoint rejected the request (HTTP {e.status_code}): {detail[:300]}"
+            ) from None
         except Exception as e:  # retries exhausted: becomes a rejected request, not a crash
             self.usage.fail(req.kind)
             return Failure(error=_redact(f"{type(e).__name__}: {e}", self._api_key)[:300])

@@ -35,9 +35,13 @@ def enumerate_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RecordError(path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+                raise RecordError(
+                    path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
+                ) from None
             if not isinstance(obj, dict):
-                raise RecordError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
+                raise RecordError(
+                    path, lineno, None, f"expected a JSON object, got {type(obj).__name__}"
+                )
             yield lineno, obj
 
 

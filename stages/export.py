@@ -23,7 +23,11 @@ def check(record: dict) -> str | None:
 
 
 def to_alpaca(record: dict) -> dict:
-    return {"instruction": record["instruction"], "input": record.get("input", "") or "", "output": record["output"]}
+    return {
+        "instruction": record["instruction"],
+        "input": record.get("input", "") or "",
+        "output": record["output"],
+    }
 
 
 def to_messages(record: dict, system_prompt: str = "") -> dict:
@@ -31,7 +35,10 @@ def to_messages(record: dict, system_prompt: str = "") -> dict:
     if record.get("input"):
         user = f"{user}\n\n{record['input']}"
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+    messages += [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": record["output"]},
+    ]
     return {"id": record.get("id"), "messages": messages}
 
 
@@ -46,7 +53,9 @@ def run(records: Iterable[dict], stats: StageStats) -> Iterator[dict]:
         yield rec
 
 
-def split(records: list[dict], validation_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split(
+    records: list[dict], validation_fraction: float, seed: int
+) -> tuple[list[dict], list[dict]]:
     """Seeded split; the validation part gets round(n * fraction) records (at least one when the
     fraction is positive and there are two or more records)."""
     if validation_fraction <= 0 or len(records) < 2:
@@ -55,4 +64,6 @@ def split(records: list[dict], validation_fraction: float, seed: int) -> tuple[l
     random.Random(seed).shuffle(idx)
     n_val = max(1, round(len(records) * validation_fraction))
     val_idx = set(idx[:n_val])
-    return [r for i, r in enumerate(records) if i not in val_idx], [r for i, r in enumerate(records) if i in val_idx]
+    return [r for i, r in enumerate(records) if i not in val_idx], [
+        r for i, r in enumerate(records) if i in val_idx
+    ]

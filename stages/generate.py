@@ -26,12 +26,39 @@ from dataclasses import dataclass
 from pipeline.prompts import render
 from pipeline.stats import StageStats
 
-NO_INPUT = {"", "<none>", "<noinput>", "<no input>", "none", "none.", "n/a", "no input", "no input.", "null", "-", "(none)", "empty", "(empty)"}
+NO_INPUT = {
+    "",
+    "<none>",
+    "<noinput>",
+    "<no input>",
+    "none",
+    "none.",
+    "n/a",
+    "no input",
+    "no input.",
+    "null",
+    "-",
+    "(none)",
+    "empty",
+    "(empty)",
+}
 
 # A task header: "Task 4", "### Task 4:", "**Task 4.**", "4. " at a line start, "Problem 4".
-_HEADER = re.compile(r"^[ \t>*#]*(?:task|problem|example)\s*#?\s*(\d+)\s*[:.)\-]*\**[ \t]*(.*)$", re.I | re.M)
-_FIELD = re.compile(r"^[ \t>*#\-]*(instructions?|input|output|response|answer)\s*\**\s*[:：]\s*\**[ \t]*", re.I | re.M)
-_CANON = {"instruction": "instruction", "instructions": "instruction", "input": "input", "output": "output", "response": "output", "answer": "output"}
+_HEADER = re.compile(
+    r"^[ \t>*#]*(?:task|problem|example)\s*#?\s*(\d+)\s*[:.)\-]*\**[ \t]*(.*)$", re.I | re.M
+)
+_FIELD = re.compile(
+    r"^[ \t>*#\-]*(instructions?|input|output|response|answer)\s*\**\s*[:：]\s*\**[ \t]*",
+    re.I | re.M,
+)
+_CANON = {
+    "instruction": "instruction",
+    "instructions": "instruction",
+    "input": "input",
+    "output": "output",
+    "response": "output",
+    "answer": "output",
+}
 
 
 @dataclass
@@ -44,7 +71,13 @@ class Parsed:
 
 def format_task(number: int, rec: dict) -> str:
     inp = rec.get("input", "") or "<none>"
-    return render("task_block", number=number, instruction=rec["instruction"], input=inp, output=rec.get("output", "")).rstrip()
+    return render(
+        "task_block",
+        number=number,
+        instruction=rec["instruction"],
+        input=inp,
+        output=rec.get("output", ""),
+    ).rstrip()
 
 
 def general_prompt(examples: list[dict], count: int, api: str) -> tuple[str, str]:
@@ -53,39 +86,66 @@ def general_prompt(examples: list[dict], count: int, api: str) -> tuple[str, str
     nxt = len(examples) + 1
     if api == "completion":
         # Ends right after "Instruction:" so the model continues the next task.
-        return "general_completion", render("general_completion", examples=blocks, next=nxt).rstrip()
-    return "general_chat", render("general_chat", examples=blocks, count=count, next=nxt, last=nxt + count - 1)
+        return "general_completion", render(
+            "general_completion", examples=blocks, next=nxt
+        ).rstrip()
+    return "general_chat", render(
+        "general_chat", examples=blocks, count=count, next=nxt, last=nxt + count - 1
+    )
 
 
 def code_problem_prompt(examples: list[dict], count: int, api: str) -> tuple[str, str]:
-    blocks = "\n\n".join(render("code_problem_block", number=i + 1, instruction=r["instruction"]).rstrip() for i, r in enumerate(examples))
+    blocks = "\n\n".join(
+        render("code_problem_block", number=i + 1, instruction=r["instruction"]).rstrip()
+        for i, r in enumerate(examples)
+    )
     nxt = len(examples) + 1
     if api == "completion":
-        return "code_problem_completion", render("code_problem_completion", examples=blocks, next=nxt).rstrip()
-    return "code_problem_chat", render("code_problem_chat", examples=blocks, count=count, next=nxt, last=nxt + count - 1)
+        return "code_problem_completion", render(
+            "code_problem_completion", examples=blocks, next=nxt
+        ).rstrip()
+    return "code_problem_chat", render(
+        "code_problem_chat", examples=blocks, count=count, next=nxt, last=nxt + count - 1
+    )
 
 
 def answer_prompt(record: dict) -> str:
     """The user message that asks a chat model to carry out a generated task."""
     if record.get("input"):
-        return render("answer_with_input", instruction=record["instruction"], input=record["input"]).strip()
+        return render(
+            "answer_with_input", instruction=record["instruction"], input=record["input"]
+        ).strip()
     return render("answer", instruction=record["instruction"]).strip()
 
 
 def function_name(instruction: str) -> str:
     """The function a code problem asks for: `name(` in backticks, else 'function name'."""
-    m = re.search(r"`\s*(?:def\s+)?([A-Za-z_]\w*)\s*\(", instruction) or re.search(r"\bfunction\s+(?:called\s+|named\s+)?`?([A-Za-z_]\w*)`?", instruction)
+    m = re.search(r"`\s*(?:def\s+)?([A-Za-z_]\w*)\s*\(", instruction) or re.search(
+        r"\bfunction\s+(?:called\s+|named\s+)?`?([A-Za-z_]\w*)`?", instruction
+    )
     return m.group(1) if m else "solution"
 
 
 def code_tests_prompt(problem: dict, example: dict, api: str) -> tuple[str, str]:
     name = "code_tests_completion" if api == "completion" else "code_tests_chat"
-    return name, render(name, instruction=problem["instruction"], function=function_name(problem["instruction"]), example_instruction=example["instruction"], example_tests=example.get("tests", "").strip())
+    return name, render(
+        name,
+        instruction=problem["instruction"],
+        function=function_name(problem["instruction"]),
+        example_instruction=example["instruction"],
+        example_tests=example.get("tests", "").strip(),
+    )
 
 
 def code_solution_prompt(problem: dict, example: dict, api: str) -> tuple[str, str]:
     name = "code_solution_completion" if api == "completion" else "code_solution_chat"
-    return name, render(name, instruction=problem["instruction"], function=function_name(problem["instruction"]), example_instruction=example["instruction"], example_solution=example.get("output", "").strip())
+    return name, render(
+        name,
+        instruction=problem["instruction"],
+        function=function_name(problem["instruction"]),
+        example_instruction=example["instruction"],
+        example_solution=example.get("output", "").strip(),
+    )
 
 
 def _clean(text: str) -> str:
@@ -159,8 +219,12 @@ def parse_tasks(text: str, *, need_output: bool = True) -> list[Parsed]:
         items.append(
             Parsed(
                 instruction=_clean(instruction) if instruction and _clean(instruction) else None,
-                input="" if inp.lower().strip("<>[]() ") in {m.strip("<>[]() ") for m in NO_INPUT} else inp,
-                output=_clean(f["output"]) if f.get("output") is not None and _clean(f["output"]) else None,
+                input=""
+                if inp.lower().strip("<>[]() ") in {m.strip("<>[]() ") for m in NO_INPUT}
+                else inp,
+                output=_clean(f["output"])
+                if f.get("output") is not None and _clean(f["output"])
+                else None,
                 raw=block.strip(),
             )
         )
@@ -193,20 +257,32 @@ def records_from_reply(
     """Parse one reply into records; drops go to ``stats`` with the raw text kept."""
     full = prefix + text
     items = parse_tasks(full, need_output=(mode == "general"))
-    base = {"meta": {**meta, "request": request_index, "finish_reason": finish_reason}}
+    base = {"meta": {**meta, "request": request_index, "reply_finish_reason": finish_reason}}
     if not items:
         stats.total += 1
-        stats.drop({"id": f"g{request_index}", **base, "raw": text}, "unparseable_reply")
+        meta_all = {**base["meta"], "finish_reason": finish_reason}
+        stats.drop({"id": f"g{request_index}", "meta": meta_all, "raw": text}, "unparseable_reply")
         return
     for j, item in enumerate(items):
         stats.total += 1
-        rec = {"id": f"g{request_index}-{j}", "instruction": item.instruction or "", "input": item.input, **base}
+        last = j == len(items) - 1
+        # Only the last item of a reply cut by the length limit is cut; the ones before it were
+        # followed by another item, so they are complete.
+        rec = {
+            "id": f"g{request_index}-{j}",
+            "instruction": item.instruction or "",
+            "input": item.input,
+            "meta": {**base["meta"], "finish_reason": finish_reason if last else "stop"},
+        }
         if mode == "general":
             rec["output"] = item.output or ""
-        last = j == len(items) - 1
         # A cut-off last item is truncated even when only its output would be lost, unless the
         # output is re-asked anyway and the instruction itself is complete (it has a next field).
-        if last and finish_reason == "length" and (require_output or not (item.input or item.output)):
+        if (
+            last
+            and finish_reason == "length"
+            and (require_output or not (item.input or item.output))
+        ):
             stats.drop({**rec, "raw": item.raw}, "truncated_generation")
             continue
         if not item.instruction:
@@ -227,4 +303,9 @@ def records_from_reply(
 def attach_code(problem: dict, tests: Iterable[str], candidates: Iterable[str]) -> dict:
     """The problem record with its first non-empty test suite and its non-empty candidates."""
     tests = [t for t in (t.strip() for t in tests) if t]
-    return {**problem, "tests": tests[0] if tests else "", "candidates": [c for c in candidates if c.strip()], "output": ""}
+    return {
+        **problem,
+        "tests": tests[0] if tests else "",
+        "candidates": [c for c in candidates if c.strip()],
+        "output": "",
+    }

@@ -26,7 +26,9 @@ def seed_to_record(obj: dict, path: str = "<seeds>", line: int = 0) -> dict:
             raise RecordError(path, line, field, "missing")
         if not isinstance(obj[field], kind):
             names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            raise RecordError(path, line, field, f"expected {names}, got {type(obj[field]).__name__}")
+            raise RecordError(
+                path, line, field, f"expected {names}, got {type(obj[field]).__name__}"
+            )
         return obj[field]
 
     sid = need("id", (str, int))
@@ -35,18 +37,26 @@ def seed_to_record(obj: dict, path: str = "<seeds>", line: int = 0) -> dict:
         raise RecordError(path, line, "instruction", "empty")
     instances = need("instances", list)
     if not instances:
-        raise RecordError(path, line, "instances", "empty list: a seed needs at least one {input, output}")
+        raise RecordError(
+            path, line, "instances", "empty list: a seed needs at least one {input, output}"
+        )
     for i, inst in enumerate(instances):
         if not isinstance(inst, dict):
-            raise RecordError(path, line, f"instances[{i}]", "expected an object with input and output")
+            raise RecordError(
+                path, line, f"instances[{i}]", "expected an object with input and output"
+            )
         for f in ("input", "output"):
             if f not in inst:
                 raise RecordError(path, line, f"instances[{i}].{f}", "missing")
             if not isinstance(inst[f], str):
-                raise RecordError(path, line, f"instances[{i}].{f}", f"expected str, got {type(inst[f]).__name__}")
+                raise RecordError(
+                    path, line, f"instances[{i}].{f}", f"expected str, got {type(inst[f]).__name__}"
+                )
     is_cls = obj.get("is_classification", False)
     if not isinstance(is_cls, bool):
-        raise RecordError(path, line, "is_classification", f"expected true or false, got {is_cls!r}")
+        raise RecordError(
+            path, line, "is_classification", f"expected true or false, got {is_cls!r}"
+        )
     first = instances[0]
     inp = first["input"]
     rec = {
@@ -70,7 +80,9 @@ def load_seed_records(numbered: Iterable[tuple[int, dict]], path: str) -> list[d
     for line, obj in numbered:
         rec = seed_to_record(obj, path, line)
         if rec["id"] in seen:
-            raise RecordError(path, line, "id", f"duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
+            raise RecordError(
+                path, line, "id", f"duplicate id {rec['id']!r} (first on line {seen[rec['id']]})"
+            )
         seen[rec["id"]] = line
         records.append(rec)
     if not records:
@@ -89,7 +101,13 @@ def pool_for_mode(seeds: list[dict], mode: str) -> list[dict]:
     return wanted or list(seeds)
 
 
-def sample_seeds(pool: list[dict], k: int, rng: random.Random, generated: list[dict] | None = None, mix: float = 0.0) -> list[dict]:
+def sample_seeds(
+    pool: list[dict],
+    k: int,
+    rng: random.Random,
+    generated: list[dict] | None = None,
+    mix: float = 0.0,
+) -> list[dict]:
     """k prompt examples: seeds, with a ``mix`` share drawn from already kept generated records
     (self-instruct's recipe) once there are enough of them."""
     n_gen = 0

@@ -24,7 +24,15 @@ class Reply:
     delay: float = 0.0  # seconds before answering (a hang is a long delay)
 
 
-def completion_body(text: str, *, chat: bool, finish_reason: str = "stop", prompt_tokens: int = 10, completion_tokens: int = 20, model: str = "fake-model") -> dict:
+def completion_body(
+    text: str,
+    *,
+    chat: bool,
+    finish_reason: str = "stop",
+    prompt_tokens: int = 10,
+    completion_tokens: int = 20,
+    model: str = "fake-model",
+) -> dict:
     choice = {"index": 0, "finish_reason": finish_reason}
     if chat:
         choice["message"] = {"role": "assistant", "content": text}
@@ -36,11 +44,17 @@ def completion_body(text: str, *, chat: bool, finish_reason: str = "stop", promp
         "created": int(time.time()),
         "model": model,
         "choices": [choice],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
-def echo_script(text: str = "Task 4\nInstruction: Say hi.\nInput: <none>\nOutput: Hi.") -> Callable[[dict, int], Reply]:
+def echo_script(
+    text: str = "Task 4\nInstruction: Say hi.\nInput: <none>\nOutput: Hi.",
+) -> Callable[[dict, int], Reply]:
     def script(body: dict, n: int) -> Reply:
         return Reply(body=completion_body(text, chat="messages" in body))
 
@@ -93,7 +107,12 @@ class FakeOpenAI:
                     self.max_concurrent = max(self.max_concurrent, self._concurrent)
                 try:
                     if method == "GET" and path.endswith("/models"):
-                        reply = Reply(body={"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+                        reply = Reply(
+                            body={
+                                "object": "list",
+                                "data": [{"id": "fake-model", "object": "model"}],
+                            }
+                        )
                     else:
                         reply = self.script(body, n)
                     if reply.delay:
@@ -101,8 +120,17 @@ class FakeOpenAI:
                 finally:
                     with self._lock:
                         self._concurrent -= 1
-                payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body if reply.body is not None else {}).encode()
-                head = [f"HTTP/1.1 {reply.status} X", "Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: keep-alive"]
+                payload = (
+                    reply.body
+                    if isinstance(reply.body, bytes)
+                    else json.dumps(reply.body if reply.body is not None else {}).encode()
+                )
+                head = [
+                    f"HTTP/1.1 {reply.status} X",
+                    "Content-Type: application/json",
+                    f"Content-Length: {len(payload)}",
+                    "Connection: keep-alive",
+                ]
                 head += [f"{k}: {v}" for k, v in reply.headers.items()]
                 writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
                 await writer.drain()
@@ -119,7 +147,9 @@ class FakeOpenAI:
             asyncio.set_event_loop(self._loop)
 
             async def start() -> None:
-                self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024)
+                self._server = await asyncio.start_server(
+                    self._handle, "127.0.0.1", 0, backlog=1024
+                )
                 self.port = self._server.sockets[0].getsockname()[1]
                 ready.set()
 
@@ -134,6 +164,7 @@ class FakeOpenAI:
 
     def __exit__(self, *exc: object) -> None:
         if self._loop:
+
             async def shutdown() -> None:
                 if self._server:
                     self._server.close()

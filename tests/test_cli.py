@@ -23,18 +23,25 @@ def read_jsonl(p: Path) -> list[dict]:
 
 def test_help_is_instant_and_imports_nothing_heavy():
     code = "import sys; from pipeline.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'transformers', 'openai', 'rouge_score') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 
 def test_dedup_command_with_against(tmp_path):
-    inp = write_jsonl(tmp_path / "in.jsonl", [
-        {"id": "a", "instruction": "Write a poem about the sea."},
-        {"id": "b", "instruction": "Write a poem about the sea!"},
-        {"id": "c", "instruction": "List three prime numbers."},
-        {"id": "d", "instruction": "Give me three tips for sleeping better at night."},
-    ])
-    against = write_jsonl(tmp_path / "seeds.jsonl", [{"id": "s", "instruction": "List three prime numbers"}])
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "a", "instruction": "Write a poem about the sea."},
+            {"id": "b", "instruction": "Write a poem about the sea!"},
+            {"id": "c", "instruction": "List three prime numbers."},
+            {"id": "d", "instruction": "Give me three tips for sleeping better at night."},
+        ],
+    )
+    against = write_jsonl(
+        tmp_path / "seeds.jsonl", [{"id": "s", "instruction": "List three prime numbers"}]
+    )
     out = tmp_path / "out.jsonl"
     assert main(["dedup", str(inp), "--output", str(out), "--against", str(against)]) == 0
     assert [r["id"] for r in read_jsonl(out)] == ["a", "d"]
@@ -44,11 +51,24 @@ def test_dedup_command_with_against(tmp_path):
 
 
 def test_filter_command_counts_reasons(tmp_path, capsys):
-    inp = write_jsonl(tmp_path / "in.jsonl", [
-        {"id": "1", "instruction": "Summarize the following paragraph in one sentence.", "input": "The council met on Monday and voted to repair the old bridge before winter.", "output": "The council voted on Monday to fix the bridge before winter."},
-        {"id": "2", "instruction": "Hi", "input": "", "output": "Hello."},
-        {"id": "3", "instruction": "Describe the attached image of a cat in detail.", "input": "", "output": "A cat."},
-    ])
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {
+                "id": "1",
+                "instruction": "Summarize the following paragraph in one sentence.",
+                "input": "The council met on Monday and voted to repair the old bridge before winter.",
+                "output": "The council voted on Monday to fix the bridge before winter.",
+            },
+            {"id": "2", "instruction": "Hi", "input": "", "output": "Hello."},
+            {
+                "id": "3",
+                "instruction": "Describe the attached image of a cat in detail.",
+                "input": "",
+                "output": "A cat.",
+            },
+        ],
+    )
     out = tmp_path / "out.jsonl"
     assert main(["filter", str(inp), "--output", str(out)]) == 0
     assert [r["id"] for r in read_jsonl(out)] == ["1"]
@@ -62,15 +82,32 @@ def test_verify_seeds_passes_and_a_broken_seed_fails(tmp_path, capsys):
     assert main(["verify-seeds", "seed_tasks.jsonl"]) == 0
     err = capsys.readouterr().err
     assert "code seeds pass their own tests" in err and "FAIL" not in err
-    broken = {"id": "b1", "name": "b", "instruction": "Write a Python function `double(x)` that doubles x.", "instances": [{"input": "", "output": "def double(x):\n    return x + 2\n"}], "is_classification": False, "language": "python", "tests": "assert double(2) == 4\nassert double(5) == 10\n"}
+    broken = {
+        "id": "b1",
+        "name": "b",
+        "instruction": "Write a Python function `double(x)` that doubles x.",
+        "instances": [{"input": "", "output": "def double(x):\n    return x + 2\n"}],
+        "is_classification": False,
+        "language": "python",
+        "tests": "assert double(2) == 4\nassert double(5) == 10\n",
+    }
     p = write_jsonl(tmp_path / "seeds.jsonl", [broken])
     assert main(["verify-seeds", str(p)]) == 1
     assert "FAIL b1" in capsys.readouterr().err
 
 
 def test_verify_command_keeps_the_first_passing_candidate(tmp_path):
-    rec = {"id": "p1", "instruction": "Write `inc(x)`.", "language": "python", "tests": "assert inc(1) == 2\nassert inc(-1) == 0\n",
-           "candidates": ["def inc(x):\n    return x - 1\n", "def inc(x):\n    return x + 1\n", "def inc(x):\n    return 1 + x\n"]}
+    rec = {
+        "id": "p1",
+        "instruction": "Write `inc(x)`.",
+        "language": "python",
+        "tests": "assert inc(1) == 2\nassert inc(-1) == 0\n",
+        "candidates": [
+            "def inc(x):\n    return x - 1\n",
+            "def inc(x):\n    return x + 1\n",
+            "def inc(x):\n    return 1 + x\n",
+        ],
+    }
     inp = write_jsonl(tmp_path / "in.jsonl", [rec])
     out = tmp_path / "out.jsonl"
     assert main(["verify", str(inp), "--output", str(out), "--timeout", "5"]) == 0
@@ -82,9 +119,18 @@ def test_verify_command_keeps_the_first_passing_candidate(tmp_path):
 def test_export_command_rebuilds_data_json(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
-    write_jsonl(run / "03_filter.jsonl", [{"id": "1", "instruction": "q", "input": "", "output": "a"}, {"id": "2", "instruction": "q2", "input": "i", "output": "a2"}])
+    write_jsonl(
+        run / "03_filter.jsonl",
+        [
+            {"id": "1", "instruction": "q", "input": "", "output": "a"},
+            {"id": "2", "instruction": "q2", "input": "i", "output": "a2"},
+        ],
+    )
     assert main(["export", "--run", str(run)]) == 0
-    assert json.loads((run / "data.json").read_text()) == [{"instruction": "q", "input": "", "output": "a"}, {"instruction": "q2", "input": "i", "output": "a2"}]
+    assert json.loads((run / "data.json").read_text()) == [
+        {"instruction": "q", "input": "", "output": "a"},
+        {"instruction": "q2", "input": "i", "output": "a2"},
+    ]
     assert len(read_jsonl(run / "messages.jsonl")) == 2
 
 

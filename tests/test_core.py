@@ -8,7 +8,14 @@ from collections import Counter
 import pytest
 
 from pipeline.config import ConfigError, PipelineConfig, describe, load_config, save_config
-from pipeline.records import JsonlWriter, RecordError, enumerate_jsonl, read_records, repair_tail, write_json_atomic
+from pipeline.records import (
+    JsonlWriter,
+    RecordError,
+    enumerate_jsonl,
+    read_records,
+    repair_tail,
+    write_json_atomic,
+)
 from pipeline.stats import StageStats, summary_table
 from stages import export, seeds
 
@@ -17,7 +24,9 @@ from stages import export, seeds
 def test_yaml_then_set_overrides_and_types(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("generation:\n  num: 7\n  mode: code\nllm:\n  timeout: 30\n")
-    cfg = load_config(y, ["generation.num=9", "dedup.threshold=0.5", "llm.base_urls=[http://a/v1, http://b/v1]"])
+    cfg = load_config(
+        y, ["generation.num=9", "dedup.threshold=0.5", "llm.base_urls=[http://a/v1, http://b/v1]"]
+    )
     assert cfg.generation.num == 9 and cfg.generation.mode == "code"
     assert cfg.filter.mode == "code", "the filter follows the generation mode"
     assert cfg.llm.timeout == 30.0 and isinstance(cfg.llm.timeout, float)
@@ -88,17 +97,34 @@ def test_stage_stats_add_up_and_drop_reaches_the_sink():
     a.total, a.kept = 3, 1
     a.drop({"id": "x"}, "too_short")
     a.drop({"id": "y"}, "too_short", words=1)
-    b = StageStats(stage="filter", total=2, kept=2, dropped=Counter(empty_output=1), extra=Counter(candidates_run=4))
+    b = StageStats(
+        stage="filter",
+        total=2,
+        kept=2,
+        dropped=Counter(empty_output=1),
+        extra=Counter(candidates_run=4),
+    )
     c = a + b
     assert (c.total, c.kept, c.rejected) == (5, 3, 3)
     assert c.dropped == Counter(too_short=2, empty_output=1) and c.extra["candidates_run"] == 4
     assert got[1] == {"id": "y", "reject": {"stage": "filter", "reason": "too_short", "words": 1}}
     table = summary_table({"filter": c})
-    assert "too_short=2" in table and table.splitlines()[0].split()[:4] == ["stage", "in", "kept", "rejected"]
+    assert "too_short=2" in table and table.splitlines()[0].split()[:4] == [
+        "stage",
+        "in",
+        "kept",
+        "rejected",
+    ]
 
 
 # -- seeds -----------------------------------------------------------------------------------
-GOOD = {"id": "seed_task_0", "name": "n", "instruction": "Do a thing.", "instances": [{"input": "<noinput>", "output": "done"}], "is_classification": False}
+GOOD = {
+    "id": "seed_task_0",
+    "name": "n",
+    "instruction": "Do a thing.",
+    "instances": [{"input": "<noinput>", "output": "done"}],
+    "is_classification": False,
+}
 
 
 @pytest.mark.parametrize(
@@ -108,7 +134,11 @@ GOOD = {"id": "seed_task_0", "name": "n", "instruction": "Do a thing.", "instanc
         (lambda s: s.update(instruction=3), "instruction", "expected str"),
         (lambda s: s.update(instances=[]), "instances", "empty list"),
         (lambda s: s.update(instances=[{"input": ""}]), "instances[0].output", "missing"),
-        (lambda s: s.update(is_classification="yes"), "is_classification", "expected true or false"),
+        (
+            lambda s: s.update(is_classification="yes"),
+            "is_classification",
+            "expected true or false",
+        ),
     ],
 )
 def test_seed_errors_name_line_and_field(mutate, field, problem):
@@ -121,7 +151,13 @@ def test_seed_errors_name_line_and_field(mutate, field, problem):
 
 def test_alpaca_style_seed_becomes_a_record_and_duplicates_are_errors():
     [rec] = seeds.load_seed_records([(1, GOOD)], "s")
-    assert rec == {"id": "seed_task_0", "instruction": "Do a thing.", "input": "", "output": "done", "meta": {"source": "seed", "name": "n", "is_classification": False}}
+    assert rec == {
+        "id": "seed_task_0",
+        "instruction": "Do a thing.",
+        "input": "",
+        "output": "done",
+        "meta": {"source": "seed", "name": "n", "is_classification": False},
+    }
     with pytest.raises(RecordError, match="duplicate id 'seed_task_0' \\(first on line 1\\)"):
         seeds.load_seed_records([(1, GOOD), (5, GOOD)], "s")
 
@@ -149,7 +185,10 @@ def test_project_seed_file_loads():
 
 # -- export ----------------------------------------------------------------------------------
 def test_export_formats_and_seeded_split():
-    recs = [{"id": str(i), "instruction": f"q{i}", "input": "ctx" if i % 2 else "", "output": f"a{i}"} for i in range(10)]
+    recs = [
+        {"id": str(i), "instruction": f"q{i}", "input": "ctx" if i % 2 else "", "output": f"a{i}"}
+        for i in range(10)
+    ]
     assert export.to_alpaca(recs[1]) == {"instruction": "q1", "input": "ctx", "output": "a1"}
     assert export.to_messages(recs[1], "be brief")["messages"] == [
         {"role": "system", "content": "be brief"},
@@ -157,7 +196,9 @@ def test_export_formats_and_seeded_split():
         {"role": "assistant", "content": "a1"},
     ]
     train, val = export.split(recs, 0.2, seed=7)
-    assert len(val) == 2 and len(train) == 8 and not {r["id"] for r in train} & {r["id"] for r in val}
+    assert (
+        len(val) == 2 and len(train) == 8 and not {r["id"] for r in train} & {r["id"] for r in val}
+    )
     assert export.split(recs, 0.2, seed=7) == (train, val)
     stats = StageStats()
     kept = list(export.run([*recs, {"id": "e", "instruction": "q", "output": " "}], stats))

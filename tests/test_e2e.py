@@ -20,7 +20,16 @@ pytestmark = pytest.mark.slow
 
 
 def generate(out: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pipeline", "generate", "--no-progress", "--set", f"output_dir={out}", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "generate",
+        "--no-progress",
+        "--set",
+        f"output_dir={out}",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -31,7 +40,14 @@ def lines(p: Path) -> list[dict]:
 
 
 def check_run_dir(d: Path, stage_files: list[str]) -> dict:
-    for name in ["config.yaml", "00_seeds.jsonl", *stage_files, "data.json", "messages.jsonl", "stats.json"]:
+    for name in [
+        "config.yaml",
+        "00_seeds.jsonl",
+        *stage_files,
+        "data.json",
+        "messages.jsonl",
+        "stats.json",
+    ]:
         assert (d / name).exists(), f"missing {name}"
     for f in d.glob("*.jsonl"):
         lines(f)
@@ -42,10 +58,23 @@ def test_general_mode_on_the_embedded_model(tmp_path):
     r = generate(tmp_path, "--num", "3", "--run", "g")
     assert r.returncode == 0, r.stderr[-3000:]
     d = tmp_path / "g"
-    stats = check_run_dir(d, ["01_generated.jsonl", "01_generated.rejected.jsonl", "02_dedup.jsonl", "02_dedup.rejected.jsonl", "03_filter.jsonl", "03_filter.rejected.jsonl"])
+    stats = check_run_dir(
+        d,
+        [
+            "01_generated.jsonl",
+            "01_generated.rejected.jsonl",
+            "02_dedup.jsonl",
+            "02_dedup.rejected.jsonl",
+            "03_filter.jsonl",
+            "03_filter.rejected.jsonl",
+        ],
+    )
     data = json.loads((d / "data.json").read_text())
     assert len(data) >= 1
-    assert all(r["instruction"].strip() and r["output"].strip() and isinstance(r["input"], str) for r in data)
+    assert all(
+        r["instruction"].strip() and r["output"].strip() and isinstance(r["input"], str)
+        for r in data
+    )
     assert stats["llm"]["requests"] >= 1 and stats["llm"]["completion_tokens"] > 0
     assert stats["model"].startswith("SmolLM2")
     assert "stage" in r.stderr and "kept" in r.stderr, "the summary table is printed"
@@ -57,10 +86,31 @@ def test_general_mode_on_the_embedded_model(tmp_path):
 
 
 def test_code_mode_on_the_embedded_model(tmp_path):
-    r = generate(tmp_path, "--mode", "code", "--num", "1", "--run", "c", "--set", "generation.code_rounds=1", "--set", "generation.code_overgenerate=4")
+    r = generate(
+        tmp_path,
+        "--mode",
+        "code",
+        "--num",
+        "1",
+        "--run",
+        "c",
+        "--set",
+        "generation.code_rounds=1",
+        "--set",
+        "generation.code_overgenerate=4",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     d = tmp_path / "c"
-    stats = check_run_dir(d, ["01_generated.jsonl", "02_dedup.jsonl", "03_filter.jsonl", "04_verify.jsonl", "04_verify.rejected.jsonl"])
+    stats = check_run_dir(
+        d,
+        [
+            "01_generated.jsonl",
+            "02_dedup.jsonl",
+            "03_filter.jsonl",
+            "04_verify.jsonl",
+            "04_verify.rejected.jsonl",
+        ],
+    )
     v = stats["stages"]["verify"]
     assert v["extra"]["candidates_run"] >= 1, "candidates ran in the sandbox"
     assert v["total"] == v["kept"] + v["rejected"]
@@ -73,16 +123,35 @@ def test_code_mode_on_the_embedded_model(tmp_path):
 
 
 def test_killed_run_resumes_without_paying_twice(tmp_path):
-    cmd = [sys.executable, "-m", "pipeline", "generate", "--no-progress", "--no-report", "--num", "4", "--run", "k", "--set", f"output_dir={tmp_path}", "--set", "llm.concurrency=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "generate",
+        "--no-progress",
+        "--no-report",
+        "--num",
+        "4",
+        "--run",
+        "k",
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        "llm.concurrency=2",
+    ]
     cache = tmp_path / "k" / "cache" / "responses.jsonl"
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
             if cache.exists() and cache.read_text().count("\n") >= 2:
                 break
             if proc.poll() is not None:
-                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}")
+                pytest.fail(
+                    f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+                )
             time.sleep(0.2)
         else:
             pytest.fail("no answer was cached in time")
@@ -92,8 +161,12 @@ def test_killed_run_resumes_without_paying_twice(tmp_path):
     answered = cache.read_text().count("\n")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    stats = check_run_dir(tmp_path / "k", ["01_generated.jsonl", "02_dedup.jsonl", "03_filter.jsonl"])
-    assert stats["llm"]["cached"] >= answered, "answers from before the kill are replayed, not paid again"
+    stats = check_run_dir(
+        tmp_path / "k", ["01_generated.jsonl", "02_dedup.jsonl", "03_filter.jsonl"]
+    )
+    assert stats["llm"]["cached"] >= answered, (
+        "answers from before the kill are replayed, not paid again"
+    )
     ids = [x["id"] for x in lines(tmp_path / "k" / "03_filter.jsonl")]
     assert len(ids) == len(set(ids))
     assert len(json.loads((tmp_path / "k" / "data.json").read_text())) == 4

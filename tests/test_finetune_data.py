@@ -218,13 +218,16 @@ def test_validation_split_is_seeded_disjoint_and_complete():
 
 
 def test_latest_data_picks_newest_run(tmp_path):
-    for i, run in enumerate(["a", "b", "c"]):
+    for i, run in enumerate(["a", "b", "c", "d"]):
         (tmp_path / run).mkdir()
         if run != "c":
             f = tmp_path / run / "data.json"
-            f.write_text("[]")
+            f.write_text(
+                '[{"instruction": "a", "input": "", "output": "b"}]' if run != "d" else "[]"
+            )
             t = time.time() - 100 + i * 10
             os.utime(f, (t, t))
+    # "d" is the newest but kept nothing; "c" has no data.json at all
     assert latest_data(tmp_path) == tmp_path / "b" / "data.json"
     with pytest.raises(FileNotFoundError, match="make generate"):
         latest_data(tmp_path / "c")

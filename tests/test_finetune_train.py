@@ -131,7 +131,13 @@ def test_generate_uses_the_training_prompt_and_stops(trained):
 
     _, _, out = trained
     model, tok = load_model(None, str(out), dtype="fp32", device="cpu")
-    text = generate(model, tok, "Repeat the word plum twice.", prompt_format=read_prompt_format(out), max_new_tokens=12)
+    text = generate(
+        model,
+        tok,
+        "Repeat the word plum twice.",
+        prompt_format=read_prompt_format(out),
+        max_new_tokens=12,
+    )
     assert isinstance(text, str) and "###" not in text[:3]
 
 
@@ -198,7 +204,9 @@ def test_qlora_4bit_trains_on_cpu(tiny, data, tmp_path):
 def test_packed_examples_do_not_attend_to_each_other(tiny):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny, dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
     a = torch.tensor([[1, 50, 60, 70, 80]])
     b = torch.tensor([[1, 90, 100, 110]])
     packed = torch.cat([a, b], dim=1)
@@ -215,7 +223,9 @@ def test_packed_examples_do_not_attend_to_each_other(tiny):
 def test_packing_run_feeds_position_ids_without_attention_mask(tiny, data, tmp_path):
     from finetune.train import run_training
 
-    cfg = cfg_for(tiny, "training.packing=true", "training.max_steps=2", "data.validation_fraction=0")
+    cfg = cfg_for(
+        tiny, "training.packing=true", "training.max_steps=2", "data.validation_fraction=0"
+    )
     trainer, summary = run_training(cfg, data, output_dir=tmp_path / "p")
     assert summary["packing"] is True
     batch = next(iter(trainer.get_train_dataloader()))
@@ -277,7 +287,9 @@ def test_cli_train_generate_merge(tiny, data, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "loss: first" in r.stdout and (out / "prompt_format.json").exists()
-    r = _cli("generate", "--adapter", str(out), "--max-new-tokens", "5", "Repeat the word plum twice.")
+    r = _cli(
+        "generate", "--adapter", str(out), "--max-new-tokens", "5", "Repeat the word plum twice."
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     r = _cli("merge", "--adapter", str(out), "--output", str(tmp_path / "merged"))
     assert r.returncode == 0, r.stderr[-3000:]

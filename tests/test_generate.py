@@ -7,8 +7,16 @@ from pipeline.stats import StageStats
 from stages import generate
 
 EXAMPLES = [
-    {"instruction": "Give three tips for keeping houseplants alive.", "input": "", "output": "1. Water when dry. 2. Light. 3. Drainage."},
-    {"instruction": "Classify the sentiment of the review.", "input": "The battery died after two days.", "output": "negative"},
+    {
+        "instruction": "Give three tips for keeping houseplants alive.",
+        "input": "",
+        "output": "1. Water when dry. 2. Light. 3. Drainage.",
+    },
+    {
+        "instruction": "Classify the sentiment of the review.",
+        "input": "The battery died after two days.",
+        "output": "negative",
+    },
 ]
 
 
@@ -30,7 +38,13 @@ def test_chat_prompt_asks_for_the_numbered_batch():
     name, text = generate.general_prompt(EXAMPLES, 4, "chat")
     assert name == "general_chat"
     assert "numbered Task 3 to Task 6" in text
-    assert text == render("general_chat", examples="\n\n".join(generate.format_task(i + 1, r) for i, r in enumerate(EXAMPLES)), count=4, next=3, last=6)
+    assert text == render(
+        "general_chat",
+        examples="\n\n".join(generate.format_task(i + 1, r) for i, r in enumerate(EXAMPLES)),
+        count=4,
+        next=3,
+        last=6,
+    )
 
 
 # Real SmolLM2-135M replies (completion mode: the prompt ended at "Task 4\nInstruction:").
@@ -75,7 +89,12 @@ Output: 2, 3, 5
 Instructions: Give an antonym of "cold".
 Response: hot"""
     items = generate.parse_tasks(text)
-    assert [i.instruction for i in items] == ["Classify the word as noun or verb.", "Name three primes.", "Summarize the text.", 'Give an antonym of "cold".']
+    assert [i.instruction for i in items] == [
+        "Classify the word as noun or verb.",
+        "Name three primes.",
+        "Summarize the text.",
+        'Give an antonym of "cold".',
+    ]
     assert [i.input for i in items] == ["run", "", "The cat sat on the mat all day.", ""]
     assert [i.output for i in items] == ["verb", "2, 3, 5", "A cat sat on a mat.", "hot"]
 
@@ -85,9 +104,15 @@ def test_records_from_reply_rejects_the_truncated_last_item_and_missing_fields()
     stats = StageStats(stage="generate")
     dropped: list[dict] = []
     stats.sink = dropped.append
-    recs = list(generate.records_from_reply(text, request_index=7, finish_reason="length", meta={"model": "m"}, stats=stats))
+    recs = list(
+        generate.records_from_reply(
+            text, request_index=7, finish_reason="length", meta={"model": "m"}, stats=stats
+        )
+    )
     assert [r["id"] for r in recs] == ["g7-0"]
-    assert recs[0]["meta"]["finish_reason"] == "length" and recs[0]["meta"]["request"] == 7
+    # The items before the cut are complete: only the reply as a whole was cut.
+    assert recs[0]["meta"]["finish_reason"] == "stop" and recs[0]["meta"]["reply_finish_reason"] == "length"
+    assert recs[0]["meta"]["request"] == 7
     assert [d["reject"]["reason"] for d in dropped] == ["missing_output", "truncated_generation"]
     assert stats.total == 3 and stats.kept == 1
     assert dropped[1]["raw"].endswith("Describe the ocean in one")
@@ -97,15 +122,33 @@ def test_unparseable_reply_keeps_the_raw_text():
     stats = StageStats(stage="generate")
     dropped: list[dict] = []
     stats.sink = dropped.append
-    assert list(generate.records_from_reply("", request_index=3, finish_reason="stop", meta={}, stats=stats)) == []
+    assert (
+        list(
+            generate.records_from_reply(
+                "", request_index=3, finish_reason="stop", meta={}, stats=stats
+            )
+        )
+        == []
+    )
     assert dropped[0]["reject"]["reason"] == "unparseable_reply" and dropped[0]["raw"] == ""
 
 
 def test_code_helpers():
-    assert generate.function_name("Write a Python function `merge_intervals(intervals)` that merges.") == "merge_intervals"
+    assert (
+        generate.function_name("Write a Python function `merge_intervals(intervals)` that merges.")
+        == "merge_intervals"
+    )
     assert generate.function_name("Write a function called is_leap that checks years.") == "is_leap"
-    assert generate.extract_code("Here:\n```python\ndef f(x):\n    return x\n```\nDone") == "def f(x):\n    return x"
+    assert (
+        generate.extract_code("Here:\n```python\ndef f(x):\n    return x\n```\nDone")
+        == "def f(x):\n    return x"
+    )
     # Completion prompts open the fence themselves; the model's text ends at the closing one.
-    assert generate.extract_code("```python\n" + "def g():\n    return 1\n") == "def g():\n    return 1"
-    rec = generate.attach_code({"id": "p"}, ["", "assert f(1) == 1"], ["def f(x):\n    return x", "  "])
+    assert (
+        generate.extract_code("```python\n" + "def g():\n    return 1\n")
+        == "def g():\n    return 1"
+    )
+    rec = generate.attach_code(
+        {"id": "p"}, ["", "assert f(1) == 1"], ["def f(x):\n    return x", "  "]
+    )
     assert rec["tests"] == "assert f(1) == 1" and rec["candidates"] == ["def f(x):\n    return x"]

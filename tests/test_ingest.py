@@ -634,3 +634,110 @@ def test_ingest_this_repository_on_the_embedded_model(tmp_path: Path) -> None:
     assert len(validation) >= 1
     report = json.loads((out / "ingest_report.json").read_text())
     assert report["files_kept"] == 8 and report["skipped_by_reason"].get("gitignored", 0) >= 1
+
+
+# -- the trainer takes the mix ----------------------------------------------------------------
+
+
+@pytest.fixture
+def ingest_run(fixture_repo: Path, tmp_path: Path) -> Path:
+    """An ingest run's directory (file-recall conversations, commits and raw text; no model)."""
+    (fixture_repo / "src" / "big.py").write_text(
+        "".join(f"VALUE_{i} = {i} * 2\n" for i in range(120))
+    )
+    cfg, icfg = load_ingest_config(
+        None,
+        ["ingest.qa_per_doc=0", "ingest.include_git_log=true", "ingest.max_tokens_per_chunk=200"],
+        run="mix",
+    )
+    cfg.output_dir = str(tmp_path / "out")
+    job = Ingest(fixture_repo, cfg, icfg, progress=False)
+    job.execute()
+    return job.dir
+
+
+def test_trainer_data_loading_mixes_raw_text_and_conversations(
+    ingest_run: Path, tmp_path: Path
+) -> None:
+    from finetune.config import load_train_config
+    from finetune.data import IGNORE_INDEX, build_datasets, read_raw_text
+    from finetune.model import load_tokenizer
+    from tests.finetune_fixtures import make_tokenizer
+
+    make_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    cfg = load_train_config(
+        REPO_ROOT / "configs" / "train-tiny-test.yaml",
+        [
+            f"data.raw_text={ingest_run / 'raw_text.jsonl'}",
+            f"data.validation_path={ingest_run / 'messages.validation.jsonl'}",
+            "data.max_length=256",
+        ],
+    )
+    train_ds, val_ds, stats = build_datasets(cfg.data, tok, ingest_run / "messages.jsonl")
+    n_conv = len((ingest_run / "messages.jsonl").read_text().splitlines())
+    texts = read_raw_text(ingest_run / "raw_text.jsonl")
+    assert (
+        stats["raw_text"]["texts"]
+        == len(texts)
+        == len((ingest_run / "raw_text.jsonl").read_text().splitlines())
+        > 4
+    )
+    assert len(train_ds) == stats["train"]["kept"] + stats["raw_text"]["rows"]
+    assert stats["train"]["kept"] == n_conv and len(val_ds) == len(
+        (ingest_run / "messages.validation.jsonl").read_text().splitlines()
+    )
+    rows = [train_ds[i] for i in range(len(train_ds))]
+    conv, raw = rows[:n_conv], rows[n_conv:]
+    assert all(IGNORE_INDEX in r["labels"] for r in conv)  # prompts masked
+    assert all(
+        r["labels"] == r["input_ids"] and len(r["input_ids"]) <= 256 for r in raw
+    )  # loss on every token
+    eos = tok.eos_token_id
+    # Each text's tokens (BOS first) and EOS, cut into windows: the windows of one text rejoin to it.
+    joined, i = [], 0
+    for text in texts:
+        ids = list(tok(text, add_special_tokens=True)["input_ids"]) + [eos]
+        got: list[int] = []
+        while len(got) < len(ids):
+            got += raw[i]["input_ids"]
+            i += 1
+        joined.append(got == ids)
+    assert all(joined) and i == len(raw)
+    assert len(raw) > len(texts)  # some chunks were longer than data.max_length and were cut
+
+
+def test_raw_text_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    from finetune.data import read_raw_text
+    from pipeline.records import RecordError
+
+    bad = tmp_path / "raw_text.jsonl"
+    bad.write_text('{"text": "ok", "source": "a"}\n{"txt": "oops", "source": "b"}\n')
+    with pytest.raises(RecordError, match=r"raw_text.jsonl:2: field 'text': missing"):
+        read_raw_text(bad)
+
+
+def test_training_runs_on_an_ingest_mix(ingest_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from finetune.config import load_train_config
+    from finetune.train import run_training
+    from tests.finetune_fixtures import make_tiny_model
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    cfg = load_train_config(
+        REPO_ROOT / "configs" / "train-tiny-test.yaml",
+        [
+            f"model.name_or_path={tiny}",
+            f"data.raw_text={ingest_run / 'raw_text.jsonl'}",
+            "data.max_length=512",
+            "training.max_steps=3",
+            "training.eval_steps=3",
+            "training.save_steps=3",
+        ],
+    )
+    _, summary = run_training(cfg, ingest_run / "messages.jsonl", output_dir=tmp_path / "adapter")
+    assert len(summary["losses"]) == 3 and all(
+        loss == loss for _, loss in summary["losses"]
+    )  # no NaN
+    assert summary["data"]["raw_text"]["rows"] > 0
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()

@@ -10,20 +10,41 @@ import time
 import pytest
 
 from pipeline.config import LLMConfig
-from pipeline.llm import AdaptiveLimiter, Failure, LLMClient, LLMFatalError, Request, ResponseCache, Response
+from pipeline.llm import (
+    AdaptiveLimiter,
+    Failure,
+    LLMClient,
+    LLMFatalError,
+    Request,
+    Response,
+    ResponseCache,
+)
 from tests.fake_openai import FakeOpenAI, Reply, completion_body
 
 SECRET = "sk-test-SECRET-0123456789abcdefghij"
 
 
 def make_client(url: str, tmp_path=None, **over) -> LLMClient:
-    cfg = LLMConfig(base_url=url, api="chat", max_retries=over.pop("max_retries", 4), backoff_max=over.pop("backoff_max", 0.2), timeout=over.pop("timeout", 5.0), concurrency=over.pop("concurrency", 4), **over)
+    cfg = LLMConfig(
+        base_url=url,
+        api="chat",
+        max_retries=over.pop("max_retries", 4),
+        backoff_max=over.pop("backoff_max", 0.2),
+        timeout=over.pop("timeout", 5.0),
+        concurrency=over.pop("concurrency", 4),
+        **over,
+    )
     cache = ResponseCache(tmp_path / "cache.jsonl") if tmp_path else None
     return LLMClient(cfg, base_urls=[url], model="fake-model", api_key=SECRET, cache=cache)
 
 
 def req(i: int, kind: str = "generate") -> Request:
-    return Request(kind=kind, messages=[{"role": "user", "content": f"question {i}"}], params={"max_tokens": 16}, sample=i)
+    return Request(
+        kind=kind,
+        messages=[{"role": "user", "content": f"question {i}"}],
+        params={"max_tokens": 16},
+        sample=i,
+    )
 
 
 def scripted(*replies: Reply, then: Reply | None = None):
@@ -32,13 +53,21 @@ def scripted(*replies: Reply, then: Reply | None = None):
     def script(body: dict, n: int) -> Reply:
         if queue:
             return queue.pop(0)
-        return then or Reply(body=completion_body(f"answer to {body['messages'][0]['content']}", chat=True))
+        return then or Reply(
+            body=completion_body(f"answer to {body['messages'][0]['content']}", chat=True)
+        )
 
     return script
 
 
 def test_429_with_retry_after_is_honoured_then_succeeds():
-    with FakeOpenAI(scripted(Reply(status=429, body={"error": {"message": "slow down"}}, headers={"Retry-After": "1"}))) as srv:
+    with FakeOpenAI(
+        scripted(
+            Reply(
+                status=429, body={"error": {"message": "slow down"}}, headers={"Retry-After": "1"}
+            )
+        )
+    ) as srv:
         client = make_client(srv.base_url, backoff_max=5)
         t0 = time.monotonic()
         [(r, resp)] = client.complete_all([req(0)])
@@ -49,7 +78,13 @@ def test_429_with_retry_after_is_honoured_then_succeeds():
 
 
 def test_server_errors_are_retried():
-    with FakeOpenAI(scripted(Reply(status=500, body={"error": {"message": "boom"}}), Reply(status=503, body={}), Reply(status=502, body=b"bad gateway"))) as srv:
+    with FakeOpenAI(
+        scripted(
+            Reply(status=500, body={"error": {"message": "boom"}}),
+            Reply(status=503, body={}),
+            Reply(status=502, body=b"bad gateway"),
+        )
+    ) as srv:
         client = make_client(srv.base_url)
         [(_, resp)] = client.complete_all([req(0)])
     assert isinstance(resp, Response) and resp.text == "answer to question 0"
@@ -81,7 +116,12 @@ def test_garbage_bodies_are_retried_then_become_a_failure_not_a_crash():
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_bad_key_is_fatal_and_never_printed(status):
-    body = {"error": {"message": f"Incorrect API key provided: {SECRET}", "type": "invalid_request_error"}}
+    body = {
+        "error": {
+            "message": f"Incorrect API key provided: {SECRET}",
+            "type": "invalid_request_error",
+        }
+    }
     with FakeOpenAI(scripted(then=Reply(status=status, body=body))) as srv:
         client = make_client(srv.base_url)
         with pytest.raises(LLMFatalError) as e:
@@ -128,12 +168,22 @@ def test_cache_makes_a_rerun_free(tmp_path):
     assert all(r.cached for _, r in second)
     # The sample index is part of the key: another sample of the same prompt is a new request.
     r = req(0)
-    assert r.key("m", "chat") != Request(kind="generate", messages=r.messages, params=r.params, sample=1).key("m", "chat")
+    assert r.key("m", "chat") != Request(
+        kind="generate", messages=r.messages, params=r.params, sample=1
+    ).key("m", "chat")
 
 
 def test_cache_survives_a_torn_last_line(tmp_path):
     path = tmp_path / "cache.jsonl"
-    good = {"key": "k1", "text": "t", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1, "model": "m", "request_id": "r"}
+    good = {
+        "key": "k1",
+        "text": "t",
+        "finish_reason": "stop",
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+        "model": "m",
+        "request_id": "r",
+    }
     path.write_text(json.dumps(good) + "\n" + '{"key": "k2", "text": "cut off', encoding="utf-8")
     cache = ResponseCache(path)
     assert cache.get("k1").text == "t" and cache.get("k2") is None
@@ -152,7 +202,9 @@ def test_token_budget_stops_the_stream_cleanly():
 
 def test_cost_uses_the_price_table():
     with FakeOpenAI() as srv:
-        client = make_client(srv.base_url, prices={"fake-model": {"prompt": 1.0, "completion": 2.0}})
+        client = make_client(
+            srv.base_url, prices={"fake-model": {"prompt": 1.0, "completion": 2.0}}
+        )
         client.complete_all(req(i) for i in range(3))
     usage = client.usage.to_dict()
     assert usage["cost"] == pytest.approx(3 * (10 * 1.0 + 20 * 2.0) / 1e6)
@@ -183,9 +235,14 @@ def test_rate_of_429s_shrinks_concurrency_against_a_real_server():
         return Reply(delay=0.05, body=completion_body("ok", chat=True))
 
     with FakeOpenAI() as srv:
+
         def limited(body: dict, n: int) -> Reply:
             if srv._concurrent > 3:
-                return Reply(status=429, body={"error": {"message": "busy"}}, headers={"retry-after-ms": "20"})
+                return Reply(
+                    status=429,
+                    body={"error": {"message": "busy"}},
+                    headers={"retry-after-ms": "20"},
+                )
             return script(body, n)
 
         srv.script = limited
@@ -195,3 +252,35 @@ def test_rate_of_429s_shrinks_concurrency_against_a_real_server():
     print("requests sent for 40 answers:", len(srv.requests))
     # Without shrinking, 16 in flight against a limit of 3 would be refused ~13 times a round.
     assert len(srv.requests) < 40 * 3
+
+
+def test_requests_per_minute_limit_paces_the_stream():
+    with FakeOpenAI() as srv:
+        # 600/minute = 10/s with a 5 s burst (50): 80 requests need at least ~3 s.
+        client = make_client(srv.base_url, concurrency=16, requests_per_minute=600)
+        t0 = time.monotonic()
+        out = client.complete_all(req(i) for i in range(80))
+        elapsed = time.monotonic() - t0
+    assert len(out) == 80
+    assert elapsed >= 2.8, elapsed
+
+
+def test_tokens_per_minute_limit_paces_the_stream():
+    with FakeOpenAI() as srv:
+        # Each request is estimated at its prompt size / 4 + max_tokens (16) ~ 26 tokens;
+        # 6,000 tokens/minute = 100/s, burst 500: 40 requests (~1,040 tokens) need ~5 s.
+        client = make_client(srv.base_url, concurrency=16, tokens_per_minute=6000)
+        t0 = time.monotonic()
+        client.complete_all(req(i) for i in range(40))
+        elapsed = time.monotonic() - t0
+    assert elapsed >= 4.0, elapsed
+
+
+def test_several_endpoints_share_the_load_and_a_dead_one_is_retried_elsewhere():
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        cfg = LLMConfig(api="chat", concurrency=4, max_retries=3, backoff_max=0.05, timeout=5)
+        dead = "http://127.0.0.1:9/v1"  # nothing listens there: connection refused
+        client = LLMClient(cfg, base_urls=[a.base_url, b.base_url, dead], model="fake-model", api_key=None)
+        out = client.complete_all(req(i) for i in range(30))
+    assert all(isinstance(r, Response) for _, r in out)
+    assert len(a.requests) >= 10 and len(b.requests) >= 10

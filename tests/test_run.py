@@ -16,15 +16,39 @@ from pipeline.run import Run
 from tests.fake_openai import FakeOpenAI, Reply, completion_body
 
 SEEDS = [
-    {"id": "s0", "name": "tips", "instruction": "Give three tips for keeping houseplants alive.", "instances": [{"input": "", "output": "Water when the soil is dry, give enough light, use drainage."}], "is_classification": False},
-    {"id": "s1", "name": "sentiment", "instruction": "Classify the sentiment of the review as positive or negative.", "instances": [{"input": "The battery died after two days.", "output": "negative"}], "is_classification": True},
-    {"id": "s2", "name": "sky", "instruction": "Explain why the sky looks blue during the day.", "instances": [{"input": "", "output": "Air scatters short blue wavelengths more than red ones."}], "is_classification": False},
+    {
+        "id": "s0",
+        "name": "tips",
+        "instruction": "Give three tips for keeping houseplants alive.",
+        "instances": [
+            {"input": "", "output": "Water when the soil is dry, give enough light, use drainage."}
+        ],
+        "is_classification": False,
+    },
+    {
+        "id": "s1",
+        "name": "sentiment",
+        "instruction": "Classify the sentiment of the review as positive or negative.",
+        "instances": [{"input": "The battery died after two days.", "output": "negative"}],
+        "is_classification": True,
+    },
+    {
+        "id": "s2",
+        "name": "sky",
+        "instruction": "Explain why the sky looks blue during the day.",
+        "instances": [
+            {"input": "", "output": "Air scatters short blue wavelengths more than red ones."}
+        ],
+        "is_classification": False,
+    },
 ]
 
-WORDS = ("volcano tax chess bread train penguin solar castle jazz tide typewriter marathon glacier violin "
-         "harbor comet lantern orchard bicycle canyon falcon meadow quartz tundra ferry pepper saddle "
-         "compass walnut beacon cellar dragon ember fossil garnet hammock island jungle kettle lagoon "
-         "magnet nectar oasis parrot quiver ribbon summit tablet umbrella vessel willow yarn zephyr").split()
+WORDS = (
+    "volcano tax chess bread train penguin solar castle jazz tide typewriter marathon glacier violin "
+    "harbor comet lantern orchard bicycle canyon falcon meadow quartz tundra ferry pepper saddle "
+    "compass walnut beacon cellar dragon ember fossil garnet hammock island jungle kettle lagoon "
+    "magnet nectar oasis parrot quiver ribbon summit tablet umbrella vessel willow yarn zephyr"
+).split()
 
 
 def varied_reply(body: dict, n: int) -> Reply:
@@ -36,8 +60,14 @@ def varied_reply(body: dict, n: int) -> Reply:
         rng = random.Random(f"{n}-{j}")
         words = rng.sample(WORDS, 7)
         verb = rng.choice(["Describe", "Compare", "Explain", "List facts about", "Write a poem on"])
-        tasks.append(f"Task {first + j}\nInstruction: {verb} {' '.join(words[:5])}.\nInput: <none>\nOutput: The {words[5]} and the {words[6]} share a long history with many surprising turns.")
-    return Reply(body=completion_body("\n\n".join(tasks), chat=True, prompt_tokens=100, completion_tokens=150))
+        tasks.append(
+            f"Task {first + j}\nInstruction: {verb} {' '.join(words[:5])}.\nInput: <none>\nOutput: The {words[5]} and the {words[6]} share a long history with many surprising turns."
+        )
+    return Reply(
+        body=completion_body(
+            "\n\n".join(tasks), chat=True, prompt_tokens=100, completion_tokens=150
+        )
+    )
 
 
 @pytest.fixture
@@ -48,11 +78,28 @@ def seeds_file(tmp_path: Path) -> Path:
 
 
 def config(tmp_path: Path, url: str, seeds: Path, **gen):
-    return load_config(None, None, {
-        "run": "t", "output_dir": str(tmp_path / "out"),
-        "llm": {"base_url": url, "api": "chat", "concurrency": 4, "max_retries": 2, "backoff_max": 0.05},
-        "generation": {"seeds_path": str(seeds), "num": 6, "num_prompt_tasks": 2, "tasks_per_request": 3, **gen},
-    })
+    return load_config(
+        None,
+        None,
+        {
+            "run": "t",
+            "output_dir": str(tmp_path / "out"),
+            "llm": {
+                "base_url": url,
+                "api": "chat",
+                "concurrency": 4,
+                "max_retries": 2,
+                "backoff_max": 0.05,
+            },
+            "generation": {
+                "seeds_path": str(seeds),
+                "num": 6,
+                "num_prompt_tasks": 2,
+                "tasks_per_request": 3,
+                **gen,
+            },
+        },
+    )
 
 
 def read_jsonl(p: Path) -> list[dict]:
@@ -64,7 +111,17 @@ def test_general_run_writes_every_stage_file(tmp_path, seeds_file):
         run = Run(config(tmp_path, srv.base_url, seeds_file), progress=False)
         stats = run.execute()
     d = run.dir
-    for name in ["config.yaml", "00_seeds.jsonl", "01_generated.jsonl", "02_dedup.jsonl", "03_filter.jsonl", "data.json", "messages.jsonl", "stats.json", "cache/responses.jsonl"]:
+    for name in [
+        "config.yaml",
+        "00_seeds.jsonl",
+        "01_generated.jsonl",
+        "02_dedup.jsonl",
+        "03_filter.jsonl",
+        "data.json",
+        "messages.jsonl",
+        "stats.json",
+        "cache/responses.jsonl",
+    ]:
         assert (d / name).exists(), name
     data = json.loads((d / "data.json").read_text())
     assert len(data) == 6
@@ -100,9 +157,20 @@ def test_duplicates_truncation_and_garbage_become_reasons(tmp_path, seeds_file):
         if n == 0:
             return Reply(body=b"{not json")
         if n % 3 == 1:  # the same task again and again: dedup must catch it
-            return Reply(body=completion_body("Task 3\nInstruction: Give three tips for keeping houseplants alive.\nInput: <none>\nOutput: Water them.", chat=True))
+            return Reply(
+                body=completion_body(
+                    "Task 3\nInstruction: Give three tips for keeping houseplants alive.\nInput: <none>\nOutput: Water them.",
+                    chat=True,
+                )
+            )
         if n % 3 == 2:
-            return Reply(body=completion_body("Task 3\nInstruction: Describe a storm.\nInput: <none>\nOutput: The sky went dark and the", chat=True, finish_reason="length"))
+            return Reply(
+                body=completion_body(
+                    "Task 3\nInstruction: Describe a storm.\nInput: <none>\nOutput: The sky went dark and the",
+                    chat=True,
+                    finish_reason="length",
+                )
+            )
         return varied_reply(body, n)
 
     with FakeOpenAI(script) as srv:
@@ -118,11 +186,35 @@ def test_duplicates_truncation_and_garbage_become_reasons(tmp_path, seeds_file):
     assert len(json.loads((run.dir / "data.json").read_text())) == 3
 
 
-def test_bad_key_ends_the_run_with_a_clear_message_and_no_leak(tmp_path, seeds_file, monkeypatch, capsys):
+def test_bad_key_ends_the_run_with_a_clear_message_and_no_leak(
+    tmp_path, seeds_file, monkeypatch, capsys
+):
     secret = "sk-live-abcdefghijklmnopqrstuvwxyz012345"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
-    with FakeOpenAI(lambda b, n: Reply(status=401, body={"error": {"message": f"Incorrect API key provided: {secret}"}})) as srv:
-        code = main(["generate", "--num", "2", "--run", "bad", "--no-progress", "--no-report", "--set", f"output_dir={tmp_path}", "--set", f"llm.base_url={srv.base_url}", "--set", "llm.api=chat", "--set", f"generation.seeds_path={seeds_file}"])
+    with FakeOpenAI(
+        lambda b, n: Reply(
+            status=401, body={"error": {"message": f"Incorrect API key provided: {secret}"}}
+        )
+    ) as srv:
+        code = main(
+            [
+                "generate",
+                "--num",
+                "2",
+                "--run",
+                "bad",
+                "--no-progress",
+                "--no-report",
+                "--set",
+                f"output_dir={tmp_path}",
+                "--set",
+                f"llm.base_url={srv.base_url}",
+                "--set",
+                "llm.api=chat",
+                "--set",
+                f"generation.seeds_path={seeds_file}",
+            ]
+        )
         auth = srv.requests[0][1].get("authorization", "")
     err = capsys.readouterr().err
     assert code == 1
@@ -149,8 +241,27 @@ def test_budget_stops_cleanly_with_everything_written(tmp_path, seeds_file):
 
 def test_malformed_seed_file_names_line_and_field(tmp_path, capsys):
     bad = tmp_path / "seeds.jsonl"
-    bad.write_text(json.dumps(SEEDS[0]) + "\n" + json.dumps({"id": "x", "instruction": "Do it.", "instances": [{"input": ""}]}) + "\n", encoding="utf-8")
-    code = main(["generate", "--num", "1", "--no-progress", "--set", f"output_dir={tmp_path}", "--set", "llm.base_url=http://127.0.0.1:9/v1", "--set", f"generation.seeds_path={bad}"])
+    bad.write_text(
+        json.dumps(SEEDS[0])
+        + "\n"
+        + json.dumps({"id": "x", "instruction": "Do it.", "instances": [{"input": ""}]})
+        + "\n",
+        encoding="utf-8",
+    )
+    code = main(
+        [
+            "generate",
+            "--num",
+            "1",
+            "--no-progress",
+            "--set",
+            f"output_dir={tmp_path}",
+            "--set",
+            "llm.base_url=http://127.0.0.1:9/v1",
+            "--set",
+            f"generation.seeds_path={bad}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert f"{bad}:2: field 'instances[0].output': missing" in err
