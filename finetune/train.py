@@ -226,6 +226,8 @@ def run_training(
     seconds = time.perf_counter() - t0
 
     trainer.save_model(str(out))
+    if not trainer.is_world_process_zero():  # other ranks of a multi-GPU run are done here
+        return trainer, {}
     tokenizer.save_pretrained(str(out))
     n_tensors = check_adapter(out, initial)
     fmt = prompt_format_dict(cfg.data)
@@ -259,6 +261,7 @@ def run_training(
         print(f"loss: first {first:.4f} -> last {last:.4f} over {summary['global_step']} steps")
     if evals:
         ev = evals[-1][1]
-        print(f"eval loss: {ev:.4f} (perplexity {math.exp(min(ev, 50)):.2f})")
+        before = f"{evals[0][1]:.4f} at step 0 -> " if evals[0][0] == 0 and len(evals) > 1 else ""
+        print(f"eval loss: {before}{ev:.4f} (perplexity {math.exp(min(ev, 50)):.2f})")
     print(f"adapter: {out}")
     return trainer, summary

@@ -414,9 +414,10 @@ class LLMClient:
             if hit is not None:
                 self.usage.add(req.kind, hit)
                 return hit
-        est_tokens = len(json.dumps(req.messages or req.prompt or "")) / 4 + req.params.get(
-            "max_tokens", 256
-        )
+        est_tokens = 0.0
+        if self.cfg.tokens_per_minute:
+            prompt = json.dumps(req.messages or req.prompt or "")
+            est_tokens = len(prompt) / 4 + req.params.get("max_tokens", 256)
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -444,9 +445,10 @@ class LLMClient:
                     try:
                         client = clients[(index + attempt_no - 1) % len(clients)]
                         try:
-                            resp = await asyncio.wait_for(
-                                self._call(client, req), timeout=self.cfg.timeout + 5
-                            )
+                            # httpx's timeouts are per read; this bounds the whole call (a
+                            # server trickling bytes), without a task per request.
+                            async with asyncio.timeout(self.cfg.timeout + 5):
+                                resp = await self._call(client, req)
                         except openai.RateLimitError:
                             limiter.throttled()
                             raise

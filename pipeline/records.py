@@ -138,6 +138,13 @@ class JsonlWriter:
         self.close()
 
 
+def _usual_mode(path: str) -> None:
+    """mkstemp makes 0600 files; outputs get the mode an ordinary open() would give them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
     """Write JSON to a temp file in the same directory, then rename it over ``path``."""
     p = Path(path)
@@ -147,6 +154,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False, indent=indent)
             f.write("\n")
+        _usual_mode(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -164,6 +172,7 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> int:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
                 n += 1
+        _usual_mode(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

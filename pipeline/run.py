@@ -608,6 +608,11 @@ class Run:
             + (f" (stopped: {d['stopped_reason']})" if d["stopped_reason"] else ""),
             f"requests {llm['requests']} ({llm['cached']} from cache, {llm['failed']} failed), tokens {llm['prompt_tokens']} prompt + {llm['completion_tokens']} completion, cost ${llm['cost']:.4f}, {d['wall_seconds']:.1f}s",
         ]
+        v = self.stats.get("verify")
+        if v is not None:
+            ran, passed = v.extra.get("candidates_run", 0), v.extra.get("candidates_passed", 0)
+            rate = f"{passed / ran:.1%}" if ran else "n/a"
+            lines.append(f"code: {v.total} problems verified, {ran} candidates run, {passed} passed ({rate}), {v.kept} records kept with their passing candidate (in 04_verify.jsonl)")
         return "\n".join(lines)
 
 

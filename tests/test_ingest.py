@@ -590,7 +590,8 @@ def test_cli_entry(fixture_repo: Path, tmp_path: Path) -> None:
     )
     assert rc == 0
     assert (tmp_path / "o" / "cli" / "messages.jsonl").exists()
-    assert main(["ingest", str(tmp_path / "missing"), "--set", "ingest.qa_per_doc=0"]) == 1
+    assert main(["ingest", str(tmp_path / "missing"), "--set", f"output_dir={tmp_path / 'o'}"]) == 1
+    assert not (tmp_path / "o" / "ingest-missing").exists()
 
 
 @pytest.mark.slow
@@ -717,6 +718,7 @@ def test_raw_text_errors_name_file_line_and_field(tmp_path: Path) -> None:
         read_raw_text(bad)
 
 
+@pytest.mark.slow
 def test_training_runs_on_an_ingest_mix(ingest_run: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from finetune.config import load_train_config

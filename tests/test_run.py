@@ -270,3 +270,50 @@ def test_malformed_seed_file_names_line_and_field(tmp_path, capsys):
 def test_unknown_config_key_is_an_error(capsys):
     assert main(["generate", "--set", "generation.bogus=1"]) == 1
     assert "unknown config key(s): generation.bogus" in capsys.readouterr().err
+
+
+def test_code_mode_with_scripted_answers_keeps_the_first_passing_candidate(tmp_path, seeds_file):
+    code_seed = {"id": "c0", "name": "add", "instruction": "Write a Python function `add(a, b)` that returns a + b.", "instances": [{"input": "", "output": "def add(a, b):\n    return a + b\n"}], "is_classification": False, "language": "python", "tests": "assert add(1, 2) == 3\n"}
+    with open(seeds_file, "a", encoding="utf-8") as f:
+        f.write(json.dumps(code_seed) + "\n")
+
+    def script(body: dict, n: int) -> Reply:
+        prompt = body["messages"][0]["content"]
+        if "programming problems" in prompt:
+            return Reply(body=completion_body("Problem 2\nInstruction: Write a Python function `triple(x)` that returns three times x.", chat=True))
+        if "Write unit tests" in prompt:
+            return Reply(body=completion_body("```python\nassert triple(2) == 6\nassert triple(-1) == -3\n```", chat=True))
+        # Candidate solutions: the first sample is wrong, the others right.
+        wrong = "def triple(x):\n    return x * 2\n"
+        right = "def triple(x):\n    return 3 * x\n"
+        return Reply(body=completion_body(f"```python\n{wrong if body.get('seed', 0) % 2 == 0 else right}```", chat=True))
+
+    with FakeOpenAI(script) as srv:
+        cfg = config(tmp_path, srv.base_url, seeds_file, mode="code", num=1, num_candidates=4, code_rounds=1, tasks_per_request=1, num_prompt_tasks=1)
+        run = Run(cfg, progress=False)
+        stats = run.execute()
+    [kept] = read_jsonl(run.dir / "04_verify.jsonl")
+    i = kept["verification"]["passed_index"]
+    assert kept["output"] == kept["candidates"][i] and "3 * x" in kept["output"]
+    assert all(s["status"] == "failed" for s in kept["verification"]["statuses"][:i])
+    assert stats["stages"]["verify"]["extra"]["candidates_passed"] == 1
+    assert json.loads((run.dir / "data.json").read_text())[0]["output"] == kept["output"]
+    assert "candidates run" in run.summary()
+    assert set(stats["llm"]["by_stage"]) == {"generate", "tests", "solutions"}
+
+
+def test_validation_split_and_save_to_disk(tmp_path, seeds_file):
+    import datasets
+
+    with FakeOpenAI(varied_reply) as srv:
+        cfg = config(tmp_path, srv.base_url, seeds_file, num=10)
+        cfg.export.validation_fraction = 0.2
+        cfg.export.save_to_disk = True
+        run = Run(cfg, progress=False)
+        run.execute()
+    train = json.loads((run.dir / "data.json").read_text())
+    val = json.loads((run.dir / "data.validation.json").read_text())
+    assert (len(train), len(val)) == (8, 2)
+    ds = datasets.load_from_disk(str(run.dir / "hf_dataset"))
+    assert ds["train"].num_rows == 8 and ds["validation"].num_rows == 2
+    assert ds["validation"][0] == val[0]
