@@ -19,6 +19,8 @@ ADAPTER ?=
 MODEL ?=
 LIMIT ?=
 SRC ?=
+RESUME ?=
+CONFIG_TRAIN ?=
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -71,7 +73,7 @@ export: install
 	$(PY) -m pipeline export --run $(RUN)
 
 train: install
-	$(PY) -m finetune train --config $(or $(CONFIG_TRAIN),configs/train-smollm2-cpu.yaml) $(if $(DATA),--data $(DATA)) $(foreach s,$(SET),--set $(s))
+	$(PY) -m finetune train --config $(or $(CONFIG_TRAIN),configs/train-smollm2-cpu.yaml) $(if $(DATA),--data $(DATA)) $(if $(RESUME),--resume) $(foreach s,$(SET),--set $(s))
 
 eval: install
 	$(PY) -m finetune eval $(if $(MODEL),--model $(MODEL)) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(OUT),--output $(OUT))

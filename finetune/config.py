@@ -12,26 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from pipeline.configlib import ConfigError, build, merge, parse_set, read_yaml
+from pipeline.configlib import help_field as _f
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 PROMPT_FORMATS = ("alpaca", "chat_template")
-
-
-class ConfigError(ValueError):
-    """A bad config value; the message names the key, the value and the fix."""
-
-
-def _f(help: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -50,7 +39,7 @@ class ModelConfig:
     )
     trust_remote_code: bool = _f("allow model code from the model directory", False)
     compile: bool = _f(
-        "torch.compile each decoder block (GPU: +40% tokens/s on a 7B, benchmarks/results/train.md)",
+        "torch.compile each decoder block (GPU: +40% tokens/s on a 7B, BENCHMARKS.md)",
         False,
     )
 
@@ -143,91 +132,11 @@ class TrainConfig:
             )
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return build(tp, value, where)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
-    if origin in (list, dict):
-        if not isinstance(value, origin):
-            raise ConfigError(f"{where}: expected a {origin.__name__}, got {value!r}")
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool):
-        if (tp is not bool and isinstance(value, bool)) or not isinstance(value, tp):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def build(cls: type, data: dict | None, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are ConfigErrors."""
-    data = data or {}
-    fields = {f.name for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key(s): {', '.join(prefix + k for k in unknown)} "
-            f"(known: {', '.join(sorted(fields))})"
-        )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def parse_set(pairs: list[str]) -> dict:
-    """``["training.learning_rate=1e-4", "lora.r=16"]`` -> nested dict with YAML-typed values."""
-    out: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set {pair!r}: expected section.key=value")
-        key, raw = pair.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
-    return out
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_train_config(
     path: str | os.PathLike | None = None, overrides: list[str] | None = None
 ) -> TrainConfig:
     """YAML file (optional) + ``--set`` overrides, validated into a :class:`TrainConfig`."""
-    data: dict = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+    data: dict = read_yaml(path) if path else {}
     if overrides:
         data = merge(data, parse_set(overrides))
     return build(TrainConfig, data)
@@ -235,3 +144,5 @@ def load_train_config(
 
 def to_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+__all__ = ["ConfigError", "TrainConfig", "load_train_config"]

@@ -81,8 +81,9 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, torch_dtype: 
         defaults["eval_strategy"] = "steps"
         defaults["per_device_eval_batch_size"] = cfg.training.get("per_device_train_batch_size", 8)
     args = {**defaults, **cfg.training, "max_length": cfg.data.max_length}
-    if not has_eval and args.get("eval_strategy", "no") != "no":
+    if not has_eval:  # no validation examples: evaluation settings from the YAML cannot apply
         args["eval_strategy"] = "no"
+        args["eval_on_start"] = False
     try:
         return SFTConfig(**args)
     except TypeError as e:
@@ -215,7 +216,7 @@ def run_training(
         compile_blocks(trainer.model)
     # Under bf16/fp16 autocast peft would still cast every LoRA input to the adapters' fp32
     # (an fp32 copy of each activation, saved for backward): 12% slower and 8 GiB more on a 7B
-    # at 8k tokens a step (benchmarks/results/train.md). Autocast already runs the adapter
+    # at 8k tokens a step (BENCHMARKS.md). Autocast already runs the adapter
     # matmuls in half precision on fp32 master weights, so the cast buys nothing while training.
     mixed = bool(args.bf16 or args.fp16)
     t0 = time.perf_counter()

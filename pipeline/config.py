@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipeline.configlib import ConfigError, build, describe, merge, parse_set, read_yaml
+from pipeline.configlib import help_field as _help
 from stages.dedup import DedupConfig
 from stages.filters import FilterConfig
 from stages.verify import VerifyConfig
-
-
-def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
@@ -185,108 +180,13 @@ class PipelineConfig:
     export: ExportConfig = _help("data.json / messages.jsonl export", factory=ExportConfig)
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert a YAML value to the annotated type (int->float allowed)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return build(tp, value, where)
-    if (
-        origin is typing.Union
-        or str(origin) == "<class 'types.UnionType'>"
-        or type(tp).__name__ == "UnionType"
-    ):
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
-    if origin in (list, dict):
-        expected = origin
-        if not isinstance(value, expected):
-            raise ConfigError(f"{where}: expected a {expected.__name__}, got {value!r}")
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool):
-        if tp is not bool and isinstance(value, bool) or not isinstance(value, tp):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-        return value
-    return value
-
-
-def build(cls: type, data: dict | None, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are errors."""
-    data = data or {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key(s): {', '.join(prefix + k for k in unknown)} (known: {', '.join(fields)})"
-        )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def parse_set(pairs: list[str]) -> dict:
-    """``["llm.concurrency=4", "generation.mode=code"]`` -> nested dict with YAML-typed values."""
-    out: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set {pair!r}: expected section.key=value")
-        key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
     extra: dict | None = None,
 ) -> PipelineConfig:
     """YAML file (optional) + ``extra`` dict + ``--set`` overrides, validated into a PipelineConfig."""
-    data: dict = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+    data: dict = read_yaml(path) if path else {}
     if extra:
         data = merge(data, extra)
     if overrides:
@@ -309,15 +209,13 @@ def save_config(cfg: PipelineConfig, path: str | os.PathLike) -> None:
     )
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every field, recursively: used by the README and `--help-config`."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        hint = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
-            rows.extend(describe(hint, key + "."))
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append((key, repr(default), f.metadata.get("help", "")))
-    return rows
+__all__ = [
+    "ConfigError",
+    "PipelineConfig",
+    "build",
+    "describe",
+    "load_config",
+    "merge",
+    "parse_set",
+    "save_config",
+]

@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import ConfigError, PipelineConfig, build, load_config, parse_set, to_dict
+from pipeline.configlib import read_yaml
 from pipeline.prompts import render
 from pipeline.records import JsonlWriter, write_json_atomic, write_jsonl_atomic
 from pipeline.stats import StageStats, summary_table
@@ -185,17 +186,7 @@ def load_ingest_config(
     :func:`pipeline.config.load_config` (whose PipelineConfig rejects unknown sections).
     ``kind`` (the CLI's ``--kind``) wins over the file; ``run`` sets the run name.
     """
-    data: dict = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+    data: dict = read_yaml(path) if path else {}
     section = data.pop("ingest", None) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: ingest: expected a mapping of IngestConfig fields")

@@ -24,7 +24,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.config import PipelineConfig, save_config
-from pipeline.llm import Failure, LLMClient, Request, ResponseCache, UsageMeter, resolve_api_key
+from pipeline.llm import (
+    Failure,
+    LLMClient,
+    Request,
+    Response,
+    ResponseCache,
+    UsageMeter,
+    resolve_api_key,
+)
 from pipeline.records import JsonlWriter, enumerate_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.stats import StageStats, summary_table
 from stages import dedup, export, filters, generate, seeds
@@ -264,32 +272,8 @@ class Run:
 
         def parsed() -> Iterator[dict]:
             for i, (req, resp) in enumerate(client.stream(requests())):
-                if isinstance(resp, Failure):
-                    gen_stats.total += 1
-                    gen_stats.drop(
-                        {"id": f"g{i}", "meta": {"request": i, "error": resp.error}},
-                        "request_failed",
-                    )
-                    continue
-                meta = {
-                    "template": req.tag["template"],
-                    "seeds": req.tag["seeds"],
-                    "model": resp.model,
-                    "request_id": resp.request_id,
-                    "usage": {
-                        "prompt_tokens": resp.prompt_tokens,
-                        "completion_tokens": resp.completion_tokens,
-                    },
-                    "cached": resp.cached,
-                }
-                yield from generate.records_from_reply(
-                    resp.text,
-                    request_index=i,
-                    finish_reason=resp.finish_reason,
-                    meta=meta,
-                    stats=gen_stats,
-                    prefix=req.tag["prefix"],
-                    require_output=self.answer_mode != "chat",
+                yield from self._reply_records(
+                    i, req, resp, gen_stats, require_output=self.answer_mode != "chat"
                 )
 
         # Each timer measures the time to pull one record through its step, which includes every
@@ -329,6 +313,45 @@ class Run:
         if len(kept) < g.num and not client.stop_reason:
             self.stop_reason = "max_requests"
         return kept
+
+    def _reply_records(
+        self,
+        i: int,
+        req: Request,
+        resp: Response | Failure,
+        gen_stats: StageStats,
+        *,
+        mode: str = "general",
+        require_output: bool = True,
+    ) -> Iterator[dict]:
+        """Records parsed from the answer to batch request ``i`` (a failed request is a reject)."""
+        if isinstance(resp, Failure):
+            gen_stats.total += 1
+            gen_stats.drop(
+                {"id": f"g{i}", "meta": {"request": i, "error": resp.error}}, "request_failed"
+            )
+            return
+        meta = {
+            "template": req.tag["template"],
+            "seeds": req.tag["seeds"],
+            "model": resp.model,
+            "request_id": resp.request_id,
+            "usage": {
+                "prompt_tokens": resp.prompt_tokens,
+                "completion_tokens": resp.completion_tokens,
+            },
+            "cached": resp.cached,
+        }
+        yield from generate.records_from_reply(
+            resp.text,
+            request_index=i,
+            finish_reason=resp.finish_reason,
+            meta=meta,
+            stats=gen_stats,
+            mode=mode,
+            prefix=req.tag["prefix"],
+            require_output=require_output,
+        )
 
     def _answer_with_chat(
         self, client: LLMClient, records: Iterable[dict], gen_stats: StageStats
@@ -438,33 +461,8 @@ class Run:
             with self._bar(len(reqs), f"problems r{round_no}") as bar:
                 for req, resp in client.stream(reqs):
                     bar.update(1)
-                    i = req.tag["index"]
-                    if isinstance(resp, Failure):
-                        gen_stats.total += 1
-                        gen_stats.drop(
-                            {"id": f"g{i}", "meta": {"request": i, "error": resp.error}},
-                            "request_failed",
-                        )
-                        continue
-                    meta = {
-                        "template": req.tag["template"],
-                        "seeds": req.tag["seeds"],
-                        "model": resp.model,
-                        "request_id": resp.request_id,
-                        "usage": {
-                            "prompt_tokens": resp.prompt_tokens,
-                            "completion_tokens": resp.completion_tokens,
-                        },
-                        "cached": resp.cached,
-                    }
-                    for rec in generate.records_from_reply(
-                        resp.text,
-                        request_index=i,
-                        finish_reason=resp.finish_reason,
-                        meta=meta,
-                        stats=gen_stats,
-                        mode="code",
-                        prefix=req.tag["prefix"],
+                    for rec in self._reply_records(
+                        req.tag["index"], req, resp, gen_stats, mode="code"
                     ):
                         files.kept("generate").write(rec)
                         d_stats.total += 1
@@ -612,7 +610,9 @@ class Run:
         if v is not None:
             ran, passed = v.extra.get("candidates_run", 0), v.extra.get("candidates_passed", 0)
             rate = f"{passed / ran:.1%}" if ran else "n/a"
-            lines.append(f"code: {v.total} problems verified, {ran} candidates run, {passed} passed ({rate}), {v.kept} records kept with their passing candidate (in 04_verify.jsonl)")
+            lines.append(
+                f"code: {v.total} problems verified, {ran} candidates run, {passed} passed ({rate}), {v.kept} records kept with their passing candidate (in 04_verify.jsonl)"
+            )
         return "\n".join(lines)
 
 

@@ -43,6 +43,25 @@ def resolve_model_path(name: str) -> Path:
     return p
 
 
+def _die_with_parent(parent: int):
+    """A preexec function: in the child before exec, ask the kernel to kill it when the pipeline
+    dies, even by SIGKILL, so that a killed run never leaves a model server behind (Linux)."""
+
+    def hook() -> None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return hook
+
+
 def default_threads() -> int:
     # One thread fewer than the cores: with all cores, one other busy process (a test, a build,
     # the sandbox) drops llama.cpp from ~80 to under 1 token/s on a 2-core machine.
@@ -124,6 +143,7 @@ class EmbeddedServer:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env=env,
+            preexec_fn=_die_with_parent(os.getpid()),
         )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

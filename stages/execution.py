@@ -30,7 +30,7 @@ itself stops answering, and starts a fresh one.
 
 Why warm slots rather than one ``bwrap`` per candidate: interpreter start-up dominates. On the
 2-core box one ``bwrap`` + interpreter per candidate measured ~2x the cost of a bare
-``python3 -I`` (see benchmarks/results/verify.md), far under the 0.8 goal; a fork of a warm
+``python3 -I`` (see BENCHMARKS.md), far under the 0.8 goal; a fork of a warm
 zygote costs about a millisecond. ``fresh=True`` (``verify.fresh_sandbox``) gives one whole
 sandbox per candidate for whoever wants namespaces that are literally per candidate.
 

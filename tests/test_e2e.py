@@ -39,6 +39,20 @@ def lines(p: Path) -> list[dict]:
     return [json.loads(x) for x in raw.splitlines() if x]
 
 
+def server_pids() -> set[int]:
+    """PIDs of running llama.cpp servers started by this checkout's interpreter."""
+    pids = set()
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"llama_cpp.server" in cmd and cmd[0] == sys.executable.encode():
+                pids.add(int(p.name))
+    return pids
+
+
 def check_run_dir(d: Path, stage_files: list[str]) -> dict:
     for name in [
         "config.yaml",
@@ -140,6 +154,7 @@ def test_killed_run_resumes_without_paying_twice(tmp_path):
         "llm.concurrency=2",
     ]
     cache = tmp_path / "k" / "cache" / "responses.jsonl"
+    before = server_pids()
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -158,6 +173,11 @@ def test_killed_run_resumes_without_paying_twice(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its llama.cpp server, mid-flight
         proc.wait()
+    # The run's llama.cpp server (its own session, so killpg did not reach it) dies with it.
+    deadline = time.monotonic() + 10
+    while (left := server_pids() - before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"the killed run left its model server running: {left}"
     answered = cache.read_text().count("\n")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
