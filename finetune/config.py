@@ -145,4 +145,5 @@ def load_train_config(
 def to_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
+
 __all__ = ["ConfigError", "TrainConfig", "load_train_config"]

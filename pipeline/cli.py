@@ -387,7 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="instruction data from a repository or documents")
     _add_config_args(p)
     p.add_argument("path")
-    p.add_argument("--kind", choices=["repo", "docs"], default=None, help="repo (a git checkout) or docs (Markdown/text/HTML); default from the config, else repo")
+    p.add_argument(
+        "--kind",
+        choices=["repo", "docs"],
+        default=None,
+        help="repo (a git checkout) or docs (Markdown/text/HTML); default from the config, else repo",
+    )
     p.add_argument("--run")
     p.set_defaults(fn=cmd_ingest)
 

@@ -111,7 +111,10 @@ def test_records_from_reply_rejects_the_truncated_last_item_and_missing_fields()
     )
     assert [r["id"] for r in recs] == ["g7-0"]
     # The items before the cut are complete: only the reply as a whole was cut.
-    assert recs[0]["meta"]["finish_reason"] == "stop" and recs[0]["meta"]["reply_finish_reason"] == "length"
+    assert (
+        recs[0]["meta"]["finish_reason"] == "stop"
+        and recs[0]["meta"]["reply_finish_reason"] == "length"
+    )
     assert recs[0]["meta"]["request"] == 7
     assert [d["reject"]["reason"] for d in dropped] == ["missing_output", "truncated_generation"]
     assert stats.total == 3 and stats.kept == 1

@@ -280,7 +280,9 @@ def test_several_endpoints_share_the_load_and_a_dead_one_is_retried_elsewhere():
     with FakeOpenAI() as a, FakeOpenAI() as b:
         cfg = LLMConfig(api="chat", concurrency=4, max_retries=3, backoff_max=0.05, timeout=5)
         dead = "http://127.0.0.1:9/v1"  # nothing listens there: connection refused
-        client = LLMClient(cfg, base_urls=[a.base_url, b.base_url, dead], model="fake-model", api_key=None)
+        client = LLMClient(
+            cfg, base_urls=[a.base_url, b.base_url, dead], model="fake-model", api_key=None
+        )
         out = client.complete_all(req(i) for i in range(30))
     assert all(isinstance(r, Response) for _, r in out)
     assert len(a.requests) >= 10 and len(b.requests) >= 10

@@ -273,23 +273,54 @@ def test_unknown_config_key_is_an_error(capsys):
 
 
 def test_code_mode_with_scripted_answers_keeps_the_first_passing_candidate(tmp_path, seeds_file):
-    code_seed = {"id": "c0", "name": "add", "instruction": "Write a Python function `add(a, b)` that returns a + b.", "instances": [{"input": "", "output": "def add(a, b):\n    return a + b\n"}], "is_classification": False, "language": "python", "tests": "assert add(1, 2) == 3\n"}
+    code_seed = {
+        "id": "c0",
+        "name": "add",
+        "instruction": "Write a Python function `add(a, b)` that returns a + b.",
+        "instances": [{"input": "", "output": "def add(a, b):\n    return a + b\n"}],
+        "is_classification": False,
+        "language": "python",
+        "tests": "assert add(1, 2) == 3\n",
+    }
     with open(seeds_file, "a", encoding="utf-8") as f:
         f.write(json.dumps(code_seed) + "\n")
 
     def script(body: dict, n: int) -> Reply:
         prompt = body["messages"][0]["content"]
         if "programming problems" in prompt:
-            return Reply(body=completion_body("Problem 2\nInstruction: Write a Python function `triple(x)` that returns three times x.", chat=True))
+            return Reply(
+                body=completion_body(
+                    "Problem 2\nInstruction: Write a Python function `triple(x)` that returns three times x.",
+                    chat=True,
+                )
+            )
         if "Write unit tests" in prompt:
-            return Reply(body=completion_body("```python\nassert triple(2) == 6\nassert triple(-1) == -3\n```", chat=True))
+            return Reply(
+                body=completion_body(
+                    "```python\nassert triple(2) == 6\nassert triple(-1) == -3\n```", chat=True
+                )
+            )
         # Candidate solutions: the first sample is wrong, the others right.
         wrong = "def triple(x):\n    return x * 2\n"
         right = "def triple(x):\n    return 3 * x\n"
-        return Reply(body=completion_body(f"```python\n{wrong if body.get('seed', 0) % 2 == 0 else right}```", chat=True))
+        return Reply(
+            body=completion_body(
+                f"```python\n{wrong if body.get('seed', 0) % 2 == 0 else right}```", chat=True
+            )
+        )
 
     with FakeOpenAI(script) as srv:
-        cfg = config(tmp_path, srv.base_url, seeds_file, mode="code", num=1, num_candidates=4, code_rounds=1, tasks_per_request=1, num_prompt_tasks=1)
+        cfg = config(
+            tmp_path,
+            srv.base_url,
+            seeds_file,
+            mode="code",
+            num=1,
+            num_candidates=4,
+            code_rounds=1,
+            tasks_per_request=1,
+            num_prompt_tasks=1,
+        )
         run = Run(cfg, progress=False)
         stats = run.execute()
     [kept] = read_jsonl(run.dir / "04_verify.jsonl")
