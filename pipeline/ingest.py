@@ -704,8 +704,8 @@ class Ingest:
     ) -> list[dict]:
         from tqdm import tqdm
 
-        from pipeline.llm import Failure, LLMClient, Request, resolve_api_key
-        from pipeline.run import open_endpoint
+        from pipeline.llm import Failure, Request
+        from pipeline.run import open_client
 
         cfg, icfg = self.cfg, self.icfg
         gen_stats = StageStats(stage="generate", sink=gen_rej.write)
@@ -717,22 +717,13 @@ class Ingest:
         sources: dict[str, str] = {}
         parsed: list[dict] = []
         t0 = time.perf_counter()
-        with open_endpoint(cfg) as (base_urls, model, api, embedded):
-            self.model = model
+        with open_client(cfg, cache=cache, usage=usage) as client:
+            self.model = client.model
             budget = icfg.qa_context_tokens
-            if embedded:
+            if client.embedded:
                 # The prompt, the document and the answer must fit the embedded server's context;
                 # our counts run a little above the model's own, so this leaves a margin.
                 budget = min(budget, cfg.llm.embedded_ctx - icfg.qa_max_tokens - 200)
-            client = LLMClient(
-                cfg.llm,
-                base_urls=base_urls,
-                model=model,
-                api_key=None if embedded else resolve_api_key(cfg.llm),
-                cache=cache,
-                usage=usage,
-                api=api,
-            )
 
             def requests() -> Iterator[Request]:
                 for i, doc in enumerate(docs):
@@ -752,7 +743,7 @@ class Ingest:
                         "max_tokens": icfg.qa_max_tokens,
                         "seed": icfg.seed * 100003 + i,
                     }
-                    if api == "completion":
+                    if client.api == "completion":
                         text = render("ingest_qa_completion", **variables).rstrip()
                         params["stop"] = [f"Question {icfg.qa_per_doc + 1}", "\n--- "]
                         req = Request(

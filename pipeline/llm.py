@@ -345,6 +345,7 @@ class LLMClient:
         self.cache = cache
         self.usage = usage or UsageMeter(prices=cfg.prices)
         self.stop_reason: str | None = None
+        self._abort = threading.Event()
 
     # -- budget -------------------------------------------------------------------------------
     def budget_left(self) -> bool:
@@ -539,8 +540,11 @@ class LLMClient:
                     await asyncio.wait(set(tasks), timeout=0.05)
                 if tasks and not fatal:
                     # Stopped early: requests already sent are paid for, so let them land in the
-                    # cache (a resumed or larger run reuses them) within a grace period.
-                    await asyncio.wait(set(tasks), timeout=min(self.cfg.timeout, 30.0))
+                    # cache (a resumed or larger run reuses them) within a grace period, unless
+                    # the user interrupted the run.
+                    deadline = time.monotonic() + min(self.cfg.timeout, 30.0)
+                    while tasks and not self._abort.is_set() and time.monotonic() < deadline:
+                        await asyncio.wait(set(tasks), timeout=0.1)
             finally:
                 for t in list(tasks):
                     t.cancel()
@@ -566,9 +570,18 @@ class LLMClient:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+        except GeneratorExit:
+            raise
+        except BaseException:  # Ctrl-C or an error while waiting: no grace period
+            self.abort()
+            raise
         finally:
             stop.set()
             thread.join(timeout=30)
+
+    def abort(self) -> None:
+        """Stop at once: requests in flight are cancelled rather than awaited (Ctrl-C)."""
+        self._abort.set()
 
     def complete_all(self, requests: Iterable[Request]) -> list[tuple[Request, Response | Failure]]:
         return list(self.stream(requests))

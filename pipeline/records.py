@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,32 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
         yield obj
 
 
-def enumerate_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` per non-blank line, for validators that name the line."""
+def enumerate_jsonl(
+    path: str | os.PathLike, on_torn_tail: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` per non-blank line, for validators that name the line.
+
+    A last line without its newline that is not valid JSON is a write cut off by a kill: with
+    ``on_torn_tail`` it is skipped and reported by line number, otherwise it is an error."""
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+        lines = f.readlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            if on_torn_tail is not None and lineno == len(lines) and not line.endswith("\n"):
+                on_torn_tail(lineno)
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(
-                    path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
-                ) from None
-            if not isinstance(obj, dict):
-                raise RecordError(
-                    path, lineno, None, f"expected a JSON object, got {type(obj).__name__}"
-                )
-            yield lineno, obj
+            raise RecordError(
+                path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
+            ) from None
+        if not isinstance(obj, dict):
+            raise RecordError(
+                path, lineno, None, f"expected a JSON object, got {type(obj).__name__}"
+            )
+        yield lineno, obj
 
 
 def read_records(path: str | os.PathLike) -> Iterator[dict]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.records import RecordError
+from pipeline.records import RecordError, enumerate_jsonl
 
 # (stage, kept-records file, rejected-records file), in pipeline order.
 STAGE_FILES: list[tuple[str, str, str | None]] = [
@@ -228,25 +228,11 @@ class RunData:
 
 def _read_lines(path: Path, notes: list[str]) -> Iterable[tuple[int, dict]]:
     """(line number, record) for a JSONL file; a torn last line is skipped with a note."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if lineno == len(lines) and not line.endswith("\n"):
-                notes.append(f"{path.name}:{lineno}: torn last line skipped (a write was cut off)")
-                continue
-            raise RecordError(
-                path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
-            ) from None
-        if not isinstance(obj, dict):
-            raise RecordError(
-                path, lineno, None, f"expected a JSON object, got {type(obj).__name__}"
-            )
-        yield lineno, obj
+
+    def torn(lineno: int) -> None:
+        notes.append(f"{path.name}:{lineno}: torn last line skipped (a write was cut off)")
+
+    return enumerate_jsonl(path, on_torn_tail=torn)
 
 
 def _read_file(path: Path, notes: list[str]) -> Iterable[tuple[int, dict]]:

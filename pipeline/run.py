@@ -142,6 +142,27 @@ def open_endpoint(cfg: PipelineConfig):
         )
 
 
+@contextlib.contextmanager
+def open_client(
+    cfg: PipelineConfig, *, cache: ResponseCache | None = None, usage: UsageMeter | None = None
+):
+    """The LLM client over the configured endpoint(s) or the embedded server (see
+    :func:`open_endpoint`); ``client.embedded`` tells which."""
+    with open_endpoint(cfg) as (base_urls, model, api, embedded):
+        client = LLMClient(
+            cfg.llm,
+            base_urls=base_urls,
+            model=model,
+            # The embedded server needs no key, and must never receive the user's.
+            api_key=None if embedded else resolve_api_key(cfg.llm),
+            cache=cache,
+            usage=usage,
+            api=api,
+        )
+        client.embedded = embedded
+        yield client
+
+
 class Run:
     """One pipeline run over a run directory. ``execute()`` returns the stats dict."""
 
@@ -187,17 +208,8 @@ class Run:
         usage = UsageMeter(prices=cfg.llm.prices)
         kept: list[dict] = []
         try:
-            with open_endpoint(cfg) as (base_urls, model, api, embedded):
-                self.model, self.api, self.embedded = model, api, embedded
-                client = LLMClient(
-                    cfg.llm,
-                    base_urls=base_urls,
-                    model=model,
-                    api_key=None if embedded else resolve_api_key(cfg.llm),
-                    cache=cache,
-                    usage=usage,
-                    api=api,
-                )
+            with open_client(cfg, cache=cache, usage=usage) as client:
+                self.model, self.api, self.embedded = client.model, client.api, client.embedded
                 try:
                     if cfg.generation.mode == "general":
                         kept = self._general(client, pool, seed_records, files)
@@ -304,6 +316,9 @@ class Run:
                     )
                     if len(kept) >= g.num:
                         break
+            except KeyboardInterrupt:
+                client.abort()
+                raise
             finally:
                 chain.close()
         t = [x.seconds for x in timers]

@@ -286,3 +286,24 @@ def test_several_endpoints_share_the_load_and_a_dead_one_is_retried_elsewhere():
         out = client.complete_all(req(i) for i in range(30))
     assert all(isinstance(r, Response) for _, r in out)
     assert len(a.requests) >= 10 and len(b.requests) >= 10
+
+
+def test_stopping_early_lets_paid_requests_land_in_the_cache_but_abort_does_not_wait(tmp_path):
+    slow = Reply(delay=1.0, body=completion_body("late answer", chat=True))
+    with FakeOpenAI(lambda b, n: slow if n > 0 else Reply(body=completion_body("first", chat=True))) as srv:
+        client = make_client(srv.base_url, tmp_path, concurrency=4)
+        stream = client.stream(req(i) for i in range(4))
+        assert next(stream)[1].text == "first"
+        t0 = time.monotonic()
+        stream.close()  # enough: the three requests in flight are still awaited and cached
+        assert time.monotonic() - t0 >= 0.5
+        assert len(client.cache) == 4
+        client.cache.close()
+
+        client = make_client(srv.base_url, concurrency=4)
+        stream = client.stream(req(i) for i in range(10, 14))
+        next(stream)
+        client.abort()  # what Ctrl-C does: no grace period
+        t0 = time.monotonic()
+        stream.close()
+        assert time.monotonic() - t0 < 0.5
