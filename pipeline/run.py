@@ -265,22 +265,7 @@ class Run:
                         # spend no tokens on an answer that would be thrown away.
                         params["stop"] = ["Output:", f"\nTask {len(examples) + 2}"]
                         params["max_tokens"] = min(g.max_tokens, 160)
-                    req = Request(kind="generate", prompt=text, params=params, sample=i)
-                else:
-                    req = Request(
-                        kind="generate",
-                        messages=[{"role": "user", "content": text}],
-                        params=params,
-                        sample=i,
-                    )
-                req.tag = {
-                    "template": template,
-                    "seeds": [e["id"] for e in examples],
-                    "prefix": f"Task {len(examples) + 1}\nInstruction:"
-                    if self.api == "completion"
-                    else "",
-                }
-                yield req
+                yield self._batch_request(i, "Task", examples, template, text, params)
 
         def parsed() -> Iterator[dict]:
             for i, (req, resp) in enumerate(client.stream(requests())):
@@ -328,6 +313,29 @@ class Run:
         if len(kept) < g.num and not client.stop_reason:
             self.stop_reason = "max_requests"
         return kept
+
+    def _batch_request(
+        self, i: int, header: str, examples: list[dict], template: str, text: str, params: dict
+    ) -> Request:
+        """Batch request ``i`` (new tasks or problems) for the endpoint's API. A completion
+        prompt ends inside the next block, so its reply is parsed with that header in front."""
+        if self.api == "completion":
+            req = Request(kind="generate", prompt=text, params=params, sample=i)
+        else:
+            req = Request(
+                kind="generate",
+                messages=[{"role": "user", "content": text}],
+                params=params,
+                sample=i,
+            )
+        prefix = f"{header} {len(examples) + 1}\nInstruction:" if self.api == "completion" else ""
+        req.tag = {
+            "template": template,
+            "seeds": [e["id"] for e in examples],
+            "index": i,
+            "prefix": prefix,
+        }
+        return req
 
     def _reply_records(
         self,
@@ -455,23 +463,7 @@ class Run:
                 }
                 if self.api == "completion":
                     params["stop"] = [f"Problem {len(examples) + g.tasks_per_request + 1}"]
-                    req = Request(kind="generate", prompt=text, params=params, sample=i)
-                else:
-                    req = Request(
-                        kind="generate",
-                        messages=[{"role": "user", "content": text}],
-                        params=params,
-                        sample=i,
-                    )
-                req.tag = {
-                    "template": template,
-                    "seeds": [e["id"] for e in examples],
-                    "index": i,
-                    "prefix": f"Problem {len(examples) + 1}\nInstruction:"
-                    if self.api == "completion"
-                    else "",
-                }
-                reqs.append(req)
+                reqs.append(self._batch_request(i, "Problem", examples, template, text, params))
             t0 = time.perf_counter()
             with self._bar(len(reqs), f"problems r{round_no}") as bar:
                 for req, resp in client.stream(reqs):
