@@ -290,7 +290,9 @@ def test_several_endpoints_share_the_load_and_a_dead_one_is_retried_elsewhere():
 
 def test_stopping_early_lets_paid_requests_land_in_the_cache_but_abort_does_not_wait(tmp_path):
     slow = Reply(delay=1.0, body=completion_body("late answer", chat=True))
-    with FakeOpenAI(lambda b, n: slow if n > 0 else Reply(body=completion_body("first", chat=True))) as srv:
+    with FakeOpenAI(
+        lambda b, n: slow if n > 0 else Reply(body=completion_body("first", chat=True))
+    ) as srv:
         client = make_client(srv.base_url, tmp_path, concurrency=4)
         stream = client.stream(req(i) for i in range(4))
         assert next(stream)[1].text == "first"
