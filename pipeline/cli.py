@@ -36,6 +36,11 @@ def _load(args: argparse.Namespace, extra: dict | None = None):
     return load_config(getattr(args, "config", None), getattr(args, "set", []), extra)
 
 
+def _given(**flags: object) -> dict:
+    """The command-line flags the user gave (argparse leaves the others None)."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def _rejected_path(out: Path) -> Path:
     name = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
     return out.with_name(f"{name}.rejected.jsonl")
@@ -109,17 +114,13 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     from pipeline.records import read_records
     from stages import dedup
 
-    over = {
-        k: v
-        for k, v in {
-            "threshold": args.threshold,
-            "field": args.field,
-            "method": args.method,
-            "tokenizer": args.tokenizer,
-            "workers": args.workers,
-        }.items()
-        if v is not None
-    }
+    over = _given(
+        threshold=args.threshold,
+        field=args.field,
+        method=args.method,
+        tokenizer=args.tokenizer,
+        workers=args.workers,
+    )
     cfg = _load(args, {"dedup": over}).dedup
     against = [r for path in args.against for r in read_records(path)]
     return _run_stage_file(
@@ -148,15 +149,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.records import read_records
     from stages import verify
 
-    over = {
-        k: v
-        for k, v in {
-            "timeout": args.timeout,
-            "memory_mb": args.memory_mb,
-            "workers": args.workers,
-        }.items()
-        if v is not None
-    }
+    over = _given(timeout=args.timeout, memory_mb=args.memory_mb, workers=args.workers)
     if args.unsafe_no_sandbox:
         over["unsafe_no_sandbox"] = True
     if args.fresh_sandbox:

@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def generate(out: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    cmd = [
+def generate_cmd(out: Path, *args: str) -> list[str]:
+    """``python -m pipeline generate`` as a user runs it, writing runs under ``out``."""
+    return [
         sys.executable,
         "-m",
         "pipeline",
@@ -30,7 +31,12 @@ def generate(out: Path, *args: str, timeout: float = 600) -> subprocess.Complete
         f"output_dir={out}",
         *args,
     ]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def generate(out: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        generate_cmd(out, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def lines(p: Path) -> list[dict]:
@@ -137,22 +143,9 @@ def test_code_mode_on_the_embedded_model(tmp_path):
 
 
 def test_killed_run_resumes_without_paying_twice(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "generate",
-        "--no-progress",
-        "--no-report",
-        "--num",
-        "4",
-        "--run",
-        "k",
-        "--set",
-        f"output_dir={tmp_path}",
-        "--set",
-        "llm.concurrency=2",
-    ]
+    cmd = generate_cmd(
+        tmp_path, "--no-report", "--num", "4", "--run", "k", "--set", "llm.concurrency=2"
+    )
     cache = tmp_path / "k" / "cache" / "responses.jsonl"
     before = server_pids()
     proc = subprocess.Popen(
