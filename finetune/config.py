@@ -19,6 +19,14 @@ from pipeline.configlib import ConfigError, build, merge, parse_set, read_yaml
 from pipeline.configlib import help_field as _f
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+METHODS = ("lora", "full")
+# transformers' RoPE types beyond "default" (transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS)
+ROPE_TYPES = ("linear", "dynamic", "yarn", "longrope", "llama3")
+CODE_SUFFIXES = (
+    ".py", ".pyi", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".c", ".h", ".cc", ".cpp", ".hpp",
+    ".java", ".kt", ".scala", ".rb", ".php", ".cs", ".swift", ".sh", ".bash", ".lua", ".r", ".jl",
+    ".sql", ".m", ".hs", ".ml", ".ex", ".exs", ".clj", ".dart", ".zig", ".pl",
+)
 QUANTIZATIONS = ("none", "4bit", "8bit")
 PROMPT_FORMATS = ("alpaca", "chat_template")
 
@@ -42,6 +50,18 @@ class ModelConfig:
         "torch.compile each decoder block (GPU: +40% tokens/s on a 7B, BENCHMARKS.md)",
         False,
     )
+    rope_theta: float | None = _f(
+        "RoPE base period set on the base model's config before training (Code Llama's long-"
+        "context fine-tune: 1000000); saved with the adapter and restored when it is loaded; "
+        "empty = the model's own",
+        None,
+    )
+    rope_scaling: dict[str, Any] | None = _f(
+        "RoPE scaling merged into the config's rope parameters, e.g. {rope_type: yarn, factor: 4, "
+        "original_max_position_embeddings: 4096} (types: linear, dynamic, yarn, longrope, llama3); "
+        "saved with the adapter like rope_theta; empty = none",
+        None,
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -50,6 +70,81 @@ class ModelConfig:
             raise ValueError(
                 f"model.quantization={self.quantization!r}: use one of {', '.join(QUANTIZATIONS)}"
             )
+        if self.rope_theta is not None and not self.rope_theta > 0:
+            raise ValueError(
+                f"model.rope_theta={self.rope_theta!r}: must be a positive base period "
+                "(e.g. 1000000), or empty for the model's own"
+            )
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            if kind not in ROPE_TYPES:
+                raise ValueError(
+                    f"model.rope_scaling.rope_type={kind!r}: use one of {', '.join(ROPE_TYPES)}"
+                )
+            factor = self.rope_scaling.get("factor")
+            if not isinstance(factor, int | float) or isinstance(factor, bool) or factor <= 0:
+                raise ValueError(
+                    f"model.rope_scaling.factor={factor!r}: must be a positive number "
+                    "(the context length multiple)"
+                )
+
+
+@dataclass
+class FimConfig:
+    rate: float = _f(
+        "share of code examples turned into fill-in-the-middle examples (Code Llama: 0.9); code "
+        "= records with `language` set (or every record with assume_code) and raw-text chunks "
+        "of code files; 0 = off",
+        0.0,
+    )
+    spm_rate: float = _f("share of the FIM examples in SPM order (the rest PSM)", 0.5)
+    seed: int = _f("seed of the FIM choices and split points", 0)
+    prefix_token: str = _f(
+        "prefix sentinel (one token of the vocabulary); empty = detected from the tokenizer "
+        "(<fim_prefix>, <|fim_prefix|>, ▁<PRE>, ...)",
+        "",
+    )
+    suffix_token: str = _f("suffix sentinel; empty = detected with prefix_token", "")
+    middle_token: str = _f("middle sentinel; empty = detected with prefix_token", "")
+    end_token: str = _f(
+        "token that ends the middle; empty = the family's own (Code Llama's ▁<EOT>) or EOS", ""
+    )
+    loss_on_context: bool = _f(
+        "also learn the prefix, suffix and sentinel tokens (default: only the middle and END)",
+        False,
+    )
+    assume_code: bool = _f(
+        "treat every instruction record as code (a CodeAlpaca data.json, whose export keeps no "
+        "`language`); its output is the document",
+        False,
+    )
+    code_suffixes: list[str] = _f(
+        "file suffixes whose raw-text chunks count as code", factory=lambda: list(CODE_SUFFIXES)
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("rate", "spm_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"data.fim.{name}={value!r}: must be in [0, 1]")
+        given = [n for n in ("prefix_token", "suffix_token", "middle_token") if getattr(self, n)]
+        if given and len(given) < 3:
+            missing = sorted({"prefix_token", "suffix_token", "middle_token"} - set(given))
+            raise ValueError(
+                f"data.fim.{missing[0]}: empty while {', '.join('data.fim.' + g for g in given)} "
+                "is set; name all three sentinels or none"
+            )
+        bad = [s for s in self.code_suffixes if not (isinstance(s, str) and s.startswith("."))]
+        if bad:
+            raise ValueError(f"data.fim.code_suffixes: {bad!r} must be suffixes like '.py'")
+
+    def overrides(self) -> dict[str, str]:
+        return {
+            "prefix": self.prefix_token,
+            "suffix": self.suffix_token,
+            "middle": self.middle_token,
+            "end": self.end_token,
+        }
 
 
 @dataclass
@@ -73,9 +168,11 @@ class DataConfig:
     max_examples: int = _f("use at most this many examples (after shuffling); 0 = all", 0)
     raw_text: str | None = _f(
         "raw_text.jsonl from `pipeline ingest` ({text, source} per line) mixed into training: "
-        "loss on every token, EOS appended, cut into data.max_length windows; empty = none",
+        "loss on every token, EOS appended, cut into data.max_length windows; with no data.path "
+        "(and no --data) training is on the raw text alone; empty = none",
         None,
     )
+    fim: FimConfig = _f("fill-in-the-middle examples from code", factory=FimConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -118,6 +215,11 @@ class LoraSection:
 
 @dataclass
 class TrainConfig:
+    method: str = _f(
+        "lora (peft adapter; the lora: section) | full (every weight trained, e.g. Alpaca's "
+        "FSDP run; no adapter, the output directory is a whole model)",
+        "lora",
+    )
     model: ModelConfig = _f("the base model", factory=ModelConfig)
     data: DataConfig = _f("the training data and how examples are built", factory=DataConfig)
     lora: LoraSection = _f("the LoRA adapter", factory=LoraSection)
@@ -126,6 +228,13 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r}: use one of {', '.join(METHODS)}")
+        if self.method == "full" and self.model.quantization != "none":
+            raise ValueError(
+                f"model.quantization={self.model.quantization!r}: quantized weights cannot be "
+                "fully fine-tuned; use method: lora (QLoRA) or quantization: none"
+            )
         if "max_length" in self.training:
             raise ValueError(
                 "training.max_length: set data.max_length instead (our tokenizer truncates so EOS survives)"

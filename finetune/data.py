@@ -28,20 +28,29 @@ We tokenize here rather than letting TRL do it, for three defects seen in popula
 
 An example whose prompt alone leaves no room for one response token and EOS is dropped and
 counted (``prompt_too_long``), never silently.
+
+Fill-in-the-middle (``data.fim.rate``, :mod:`finetune.fim`): a seeded share of the code examples
+is replaced by FIM rows of its code. Code is a record with ``language`` set (the pipeline's code
+records, e.g. ``04_verify.jsonl``; every record with ``data.fim.assume_code``), whose document is
+its output (the first fenced block if it has one), and a raw-text chunk whose ``source`` has a
+code suffix. A document longer than one row is cut into windows first (by token offsets), so a
+FIM row holds a whole window; the rest of the code examples keep their usual form.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.prompts import alpaca_prompt
 from pipeline.records import RecordError, enumerate_jsonl, read_records, require
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,6 +62,7 @@ class Example:
     output: str = ""
     messages: list[dict[str, str]] | None = None
     source: str = ""  # file:line, for error messages
+    language: str = ""  # set on code records: their output is a FIM document
 
 
 @dataclass
@@ -61,14 +71,18 @@ class DataStats:
     kept: int = 0
     truncated: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    fim: dict[str, int] = field(default_factory=dict)  # FIM rows by mode (psm, spm)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "total": self.total,
             "kept": self.kept,
             "truncated": self.truncated,
             "dropped": dict(self.dropped),
         }
+        if self.fim:
+            out["fim"] = dict(self.fim)
+        return out
 
 
 # ---------------------------------------------------------------- reading
@@ -106,9 +120,12 @@ def read_examples(path: str | Path) -> list[Example]:
     out: list[Example] = []
     for line, rec in enumerate(read_records(path), 1):
         where = f"{path}:{line}"
+        language = rec.get("language") or ""
+        if not isinstance(language, str):
+            raise RecordError(path, line, "language", f"expected str, got {type(language).__name__}")
         if "messages" in rec:
             msgs = _check_messages(rec["messages"], path, line)
-            out.append(Example(messages=msgs, source=where))
+            out.append(Example(messages=msgs, source=where, language=language))
             continue
         instruction = require(rec, "instruction", str, path, line)
         inp = rec.get("input", "")
@@ -119,7 +136,11 @@ def read_examples(path: str | Path) -> list[Example]:
         output = require(rec, "output", str, path, line)
         if not instruction.strip():
             raise RecordError(path, line, "instruction", "empty")
-        out.append(Example(instruction=instruction, input=inp, output=output, source=where))
+        out.append(
+            Example(
+                instruction=instruction, input=inp, output=output, source=where, language=language
+            )
+        )
     if not out:
         raise ValueError(f"{path}: no examples")
     return out
@@ -250,6 +271,80 @@ def tokenize_example(
     return {"input_ids": input_ids, "labels": prompt_labels + response_ids, "truncated": truncated}
 
 
+class FimPlan:
+    """Which code examples become fill-in-the-middle rows, and those rows: one seeded RNG draws,
+    in data order, whether an example is transformed, its mode and its two cut points."""
+
+    # The parts are tokenized apart after the cut, which can cost a token at each of the cuts
+    # and the window's ends; rows are sized with this margin so they rarely need trimming.
+    SLACK = 8
+
+    def __init__(self, fim_cfg: Any, tokenizer: Any, max_length: int, *, stream: int = 0):
+        from finetune.fim import FimEncoder, resolve_fim_tokens
+
+        self.cfg = fim_cfg
+        self.tokenizer = tokenizer
+        self.encoder = FimEncoder(tokenizer, resolve_fim_tokens(tokenizer, fim_cfg.overrides()))
+        self.max_length = max_length
+        self.budget = max_length - self.encoder.overhead - self.SLACK
+        if self.budget < 8:
+            raise ValueError(
+                f"data.max_length={max_length}: too short for fill-in-the-middle rows "
+                f"({self.encoder.overhead + self.SLACK} tokens go to sentinels and margin)"
+            )
+        # Train and validation draw from separate streams so that one's size moves no choice
+        # of the other.
+        self.rng = random.Random(f"{fim_cfg.seed}:{stream}")
+
+    @property
+    def tokens(self) -> Any:
+        return self.encoder.tokens
+
+    def takes(self) -> bool:
+        return self.cfg.rate > 0 and self.rng.random() < self.cfg.rate
+
+    def is_code_source(self, source: str) -> bool:
+        return Path(source).suffix.lower() in {s.lower() for s in self.cfg.code_suffixes}
+
+    def is_code_example(self, ex: Example) -> bool:
+        return bool(ex.language) or self.cfg.assume_code
+
+    def row(self, piece: str, stats: DataStats) -> dict[str, Any]:
+        from finetune.fim import choose_mode, split_document
+
+        mode = choose_mode(self.rng, self.cfg.spm_rate)
+        prefix, middle, suffix = split_document(piece, self.rng)
+        row = self.encoder.row(
+            prefix,
+            middle,
+            suffix,
+            mode,
+            max_length=self.max_length,
+            loss_on_context=self.cfg.loss_on_context,
+        )
+        stats.fim[mode] = stats.fim.get(mode, 0) + 1
+        stats.truncated += int(row.pop("truncated"))
+        return row
+
+    def pieces(self, document: str) -> list[str]:
+        from finetune.fim import windows
+
+        return windows(document, self.tokenizer, self.budget)
+
+    def rows(self, document: str, stats: DataStats) -> list[dict[str, Any]]:
+        """FIM rows of a whole document, one per window of it."""
+        return [self.row(piece, stats) for piece in self.pieces(document)]
+
+
+def code_document(ex: Example) -> str:
+    """The code of a code record: its answer's first fenced block, else the whole answer."""
+    from stages.parsing import fenced_blocks
+
+    answer = ex.output if ex.messages is None else ex.messages[-1]["content"]
+    blocks = fenced_blocks(answer, languages=None)
+    return blocks[0] if blocks and blocks[0].strip() else answer
+
+
 def tokenize_examples(
     examples: list[Example],
     tokenizer: Any,
@@ -258,12 +353,21 @@ def tokenize_examples(
     max_length: int,
     train_on_inputs: bool = False,
     stats: DataStats | None = None,
+    fim: FimPlan | None = None,
 ) -> list[dict[str, Any]]:
+    """Rows of every example; with ``fim``, a seeded share of the code examples becomes FIM rows
+    of their code instead (:class:`FimPlan`)."""
     stats = stats if stats is not None else DataStats()
     special = prompt_add_special_tokens(prompt_format)
     rows = []
     for ex in examples:
         stats.total += 1
+        if fim is not None and fim.is_code_example(ex) and fim.takes():
+            fim_rows = fim.rows(code_document(ex), stats)
+            if fim_rows:
+                stats.kept += 1
+                rows.extend(fim_rows)
+                continue
         prompt, response = split_example(ex, tokenizer, prompt_format)
         row = tokenize_example(
             prompt,
@@ -282,9 +386,7 @@ def tokenize_examples(
     return rows
 
 
-def split_validation(
-    examples: list[Example], fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
+def split_validation(examples: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """Seeded shuffle, then the first ``fraction`` (at least one, if fraction > 0) is validation."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
@@ -296,14 +398,26 @@ def split_validation(
     return train, val
 
 
-def read_raw_text(path: str | Path) -> list[str]:
-    """Texts of a ``raw_text.jsonl`` (``{"text", "source"}`` per line, as ``pipeline ingest``
-    writes it); a line without a string ``text`` is a RecordError naming file, line and field."""
-    texts = [require(rec, "text", str, str(path), line) for line, rec in enumerate_jsonl(path)]
-    texts = [t for t in texts if t.strip()]
-    if not texts:
+def read_raw_records(path: str | Path) -> list[tuple[str, str]]:
+    """``(text, source)`` of each non-blank line of a ``raw_text.jsonl`` (``{"text", "source"}``
+    per line, as ``pipeline ingest`` writes it); a line without a string ``text`` is a
+    RecordError naming file, line and field (``source`` may be missing: then it is not code)."""
+    out = []
+    for line, rec in enumerate_jsonl(path):
+        text = require(rec, "text", str, str(path), line)
+        source = rec.get("source") or ""
+        if not isinstance(source, str):
+            raise RecordError(path, line, "source", f"expected str, got {type(source).__name__}")
+        if text.strip():
+            out.append((text, source))
+    if not out:
         raise ValueError(f"{path}: no raw text")
-    return texts
+    return out
+
+
+def read_raw_text(path: str | Path) -> list[str]:
+    """Texts of a ``raw_text.jsonl`` (see :func:`read_raw_records`)."""
+    return [text for text, _ in read_raw_records(path)]
 
 
 def tokenize_raw_text(texts: list[str], tokenizer: Any, *, max_length: int) -> list[dict[str, Any]]:
@@ -328,10 +442,59 @@ def tokenize_raw_text(texts: list[str], tokenizer: Any, *, max_length: int) -> l
     return rows
 
 
-def build_datasets(data_cfg: Any, tokenizer: Any, path: str | Path) -> tuple[Any, Any, dict]:
-    """(train Dataset, eval Dataset or None, stats dict) of ``input_ids``/``labels`` rows."""
+def tokenize_raw_records(
+    records: Iterable[tuple[str, str]],
+    tokenizer: Any,
+    *,
+    max_length: int,
+    fim: FimPlan | None = None,
+    stats: DataStats | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`tokenize_raw_text` rows; with ``fim``, a code file's text is cut into windows of
+    the FIM budget and a seeded share of the windows become FIM rows, the others plain rows
+    (BOS where the model uses one, EOS after the text's last window)."""
+    stats = stats if stats is not None else DataStats()
+    rows: list[dict[str, Any]] = []
+    for text, source in records:
+        stats.total += 1
+        stats.kept += 1
+        if fim is None or fim.cfg.rate <= 0 or not fim.is_code_source(source):
+            rows.extend(tokenize_raw_text([text], tokenizer, max_length=max_length))
+            continue
+        pieces = fim.pieces(text)
+        for i, piece in enumerate(pieces):
+            if fim.takes():
+                rows.append(fim.row(piece, stats))
+                continue
+            ids = [*fim.encoder.lead, *tokenizer(piece, add_special_tokens=False)["input_ids"]]
+            if i == len(pieces) - 1:
+                ids.append(tokenizer.eos_token_id)
+            ids = ids[:max_length]
+            if len(ids) >= 2:
+                rows.append({"input_ids": ids, "labels": list(ids)})
+    return rows
+
+
+def build_datasets(
+    data_cfg: Any, tokenizer: Any, path: str | Path | None
+) -> tuple[Any, Any, dict]:
+    """(train Dataset, eval Dataset or None, stats dict) of ``input_ids``/``labels`` rows.
+
+    ``path`` None trains on ``data_cfg.raw_text`` alone, with a seeded validation share of its
+    texts held out."""
     from datasets import Dataset
 
+    fim_cfg = getattr(data_cfg, "fim", None)
+    use_fim = fim_cfg is not None and fim_cfg.rate > 0
+
+    def plan(stream: int) -> FimPlan | None:
+        return FimPlan(fim_cfg, tokenizer, data_cfg.max_length, stream=stream) if use_fim else None
+
+    train_plan, val_plan = plan(0), plan(1)
+    if path is None:
+        if not getattr(data_cfg, "raw_text", None):
+            raise ValueError("no training data: give --data PATH, data.path or data.raw_text")
+        return _raw_only(data_cfg, tokenizer, train_plan, val_plan)
     examples = read_examples(path)
     if data_cfg.max_examples:
         random.Random(data_cfg.seed).shuffle(examples)
@@ -347,8 +510,8 @@ def build_datasets(data_cfg: Any, tokenizer: Any, path: str | Path) -> tuple[Any
         "train_on_inputs": data_cfg.train_on_inputs,
     }
     train_stats, val_stats = DataStats(), DataStats()
-    train_rows = tokenize_examples(train_ex, tokenizer, stats=train_stats, **kw)
-    val_rows = tokenize_examples(val_ex, tokenizer, stats=val_stats, **kw)
+    train_rows = tokenize_examples(train_ex, tokenizer, stats=train_stats, fim=train_plan, **kw)
+    val_rows = tokenize_examples(val_ex, tokenizer, stats=val_stats, fim=val_plan, **kw)
     if not train_rows:
         raise ValueError(
             f"{path}: no training example fits data.max_length={data_cfg.max_length} "
@@ -357,17 +520,51 @@ def build_datasets(data_cfg: Any, tokenizer: Any, path: str | Path) -> tuple[Any
     stats = {"path": str(path), "train": train_stats.as_dict(), "validation": val_stats.as_dict()}
     if getattr(data_cfg, "raw_text", None):
         # Raw chunks join the training rows only: validation stays conversations, as held out.
-        texts = read_raw_text(data_cfg.raw_text)
-        raw_rows = tokenize_raw_text(texts, tokenizer, max_length=data_cfg.max_length)
+        records = read_raw_records(data_cfg.raw_text)
+        raw_stats = DataStats()
+        raw_rows = tokenize_raw_records(
+            records, tokenizer, max_length=data_cfg.max_length, fim=train_plan, stats=raw_stats
+        )
         train_rows = train_rows + raw_rows
         stats["raw_text"] = {
             "path": str(data_cfg.raw_text),
-            "texts": len(texts),
+            "texts": len(records),
             "rows": len(raw_rows),
+            **({"fim": raw_stats.fim} if raw_stats.fim else {}),
         }
+    if train_plan is not None:
+        stats["fim"] = train_plan.tokens.as_dict()
     train_ds = Dataset.from_list(train_rows)
     val_ds = Dataset.from_list(val_rows) if val_rows else None
     return train_ds, val_ds, stats
+
+
+def _raw_only(
+    data_cfg: Any, tokenizer: Any, train_plan: FimPlan | None, val_plan: FimPlan | None
+) -> tuple[Any, Any, dict]:
+    from datasets import Dataset
+
+    records = read_raw_records(data_cfg.raw_text)
+    train_rec, val_rec = split_validation(records, data_cfg.validation_fraction, data_cfg.seed)
+    train_stats, val_stats = DataStats(), DataStats()
+    kw = {"max_length": data_cfg.max_length}
+    train_rows = tokenize_raw_records(train_rec, tokenizer, fim=train_plan, stats=train_stats, **kw)
+    val_rows = tokenize_raw_records(val_rec, tokenizer, fim=val_plan, stats=val_stats, **kw)
+    if not train_rows:
+        raise ValueError(f"{data_cfg.raw_text}: no training rows")
+    stats = {
+        "path": None,
+        "train": train_stats.as_dict(),
+        "validation": val_stats.as_dict(),
+        "raw_text": {
+            "path": str(data_cfg.raw_text),
+            "texts": len(records),
+            "rows": len(train_rows),
+        },
+    }
+    if train_plan is not None:
+        stats["fim"] = train_plan.tokens.as_dict()
+    return Dataset.from_list(train_rows), Dataset.from_list(val_rows) if val_rows else None, stats
 
 
 def prompt_format_dict(data_cfg: Any) -> dict[str, Any]:

@@ -11,6 +11,11 @@ mtime. With no model named, the default is the SmolLM2-135M-Instruct GGUF that s
 Quantization (bitsandbytes, which has CPU kernels from 0.49 on): ``4bit`` is QLoRA's NF4 with
 double quantization and bf16 compute; ``8bit`` is LLM.int8(). Quantized models are prepared with
 peft's ``prepare_model_for_kbit_training`` by TRL when it wraps them in LoRA.
+
+Config overrides (``model.rope_theta``, ``model.rope_scaling``: long-context fine-tuning) are set
+on the base model's config before its weights are built, recorded in ``prompt_format.json`` as
+``model_config``, and set again by :func:`load_model` when the adapter is loaded: an adapter
+trained at RoPE base 1,000,000 would otherwise run on the base model's 10,000.
 """
 
 from __future__ import annotations
@@ -164,10 +169,50 @@ def load_tokenizer(path: str | Path) -> Any:
     return tok
 
 
-def _device_map(device: str, quantization: str) -> Any:
+def config_overrides(model_cfg: Any, max_length: int, base_config: Any) -> dict[str, Any]:
+    """The base config attributes a ``model:`` section changes (empty when it changes none).
+
+    ``rope_theta`` and ``rope_scaling`` are merged into transformers' ``rope_parameters``; when
+    RoPE is changed and ``max_length`` exceeds ``max_position_embeddings``, that is raised to
+    ``max_length`` too (what Code Llama's 16k fine-tune records in its config)."""
+    if model_cfg.rope_theta is None and model_cfg.rope_scaling is None:
+        return {}
+    rope = dict(getattr(base_config, "rope_parameters", None) or {})
+    if not rope:
+        raise ValueError(
+            f"model.rope_theta: {type(base_config).__name__} has no RoPE parameters to override"
+        )
+    if model_cfg.rope_scaling is not None:
+        scaling = dict(model_cfg.rope_scaling)
+        if "type" in scaling and "rope_type" not in scaling:
+            scaling["rope_type"] = scaling.pop("type")
+        rope.update(scaling)
+    if model_cfg.rope_theta is not None:
+        rope["rope_theta"] = float(model_cfg.rope_theta)
+    out: dict[str, Any] = {"rope_parameters": rope}
+    n_pos = getattr(base_config, "max_position_embeddings", None)
+    if isinstance(n_pos, int) and max_length > n_pos:
+        out["max_position_embeddings"] = max_length
+    return out
+
+
+def apply_config_overrides(config: Any, overrides: dict[str, Any], where: str = "model") -> Any:
+    """Set ``overrides`` on a transformers config and let transformers validate the RoPE."""
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    if "rope_parameters" in overrides:
+        try:
+            config.standardize_rope_params()
+            config.validate_rope()
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{where}.rope_scaling: transformers refuses it: {e}") from None
+    return config
+
+
+def _device_map(device: str, quantization: str, sharded: bool = False) -> Any:
     import torch
 
-    sharded = any(
+    sharded = sharded or any(
         os.environ.get(v) == "true" for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
     )
     if device == "auto" and sharded and quantization == "none":
@@ -187,18 +232,25 @@ def load_base_model(
     attn_implementation: str | None = None,
     device: str = "auto",
     trust_remote_code: bool = False,
+    config_overrides: dict[str, Any] | None = None,
+    sharded: bool = False,
 ) -> Any:
-    """A causal LM from an HF directory (see :func:`resolve_model`), optionally quantized."""
-    from transformers import AutoModelForCausalLM
+    """A causal LM from an HF directory (see :func:`resolve_model`), optionally quantized, with
+    ``config_overrides`` (see :func:`config_overrides`) set before the weights are built.
+    ``sharded``: FSDP/DeepSpeed place the weights, so no device map."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype, device, quantization)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if config_overrides:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        kwargs["config"] = apply_config_overrides(config, config_overrides)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     qc = quantization_config(quantization, torch_dtype if quantization == "4bit" else None)
     if qc is not None:
         kwargs["quantization_config"] = qc
-    dm = _device_map(device, quantization)
+    dm = _device_map(device, quantization, sharded)
     if dm is not None:
         kwargs["device_map"] = dm
     return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
@@ -262,14 +314,24 @@ def load_model(
     batched generation.
     """
     gguf_file = None
-    if adapter is not None and model is None:
+    overrides: dict[str, Any] = {}
+    if adapter is not None:
         pf = read_prompt_format(adapter)
-        model, gguf_file = pf.get("base_model"), pf.get("gguf_file")
+        # The adapter was trained on this config (RoPE base, positions): the base gets it back.
+        overrides = dict(pf.get("model_config") or {})
+        if model is None:
+            model, gguf_file = pf.get("base_model"), pf.get("gguf_file")
     base_path = resolve_model(model, gguf_file)
     has_tok = adapter is not None and (Path(adapter) / "tokenizer_config.json").exists()
     tokenizer = load_tokenizer(adapter if has_tok else base_path)
     tokenizer.padding_side = "left"
-    m = load_base_model(base_path, dtype=dtype, quantization=quantization, device=device)
+    m = load_base_model(
+        base_path,
+        dtype=dtype,
+        quantization=quantization,
+        device=device,
+        config_overrides=overrides or None,
+    )
     if adapter is not None:
         from peft import PeftModel
 

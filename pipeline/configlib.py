@@ -1,7 +1,8 @@
 """The machinery behind every YAML config of the project (the pipeline's, the trainer's, the
 ingest section): dataclass fields with help strings, YAML files, ``--set section.key=value``
-overrides, type checks, and errors that name the key. No project imports here, so the trainer
-can use it without loading the pipeline's stages."""
+overrides, type checks, and errors that name the key. Its only project import is the
+standard-library-only :mod:`stages.base` (for ``help_field``), so the trainer can use it
+without loading the pipeline's stages."""
 
 from __future__ import annotations
 
@@ -9,24 +10,18 @@ import dataclasses
 import os
 import types
 import typing
-from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from stages.base import help_field
+
+__all__ = ["ConfigError", "help_field"]
+
 
 class ConfigError(ValueError):
     """A bad config value or key; the message names it and says what fits."""
-
-
-def help_field(
-    text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING
-) -> Any:
-    """A dataclass field with a default and a help string (``metadata["help"]``)."""
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

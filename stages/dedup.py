@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.stats import StageStats
+from stages.base import StageStats
 from stages.rouge import TOKENIZERS, ExactIndex, MinHashIndex
 
 REASON_DUPLICATE = "rouge_duplicate"
@@ -186,6 +186,26 @@ class Deduper:
         self.index.add((record.get("id", self._seen - 1), False), prepared)
         return None, {"nearest_id": None, "score": None}
 
+    def run(self, records: Iterable[dict], stats: StageStats) -> Iterator[dict]:
+        """The stage over ``records`` against this pool (which outlives the call: a run that
+        dedups round after round keeps one Deduper)."""
+        scored_before = self.pairs_scored
+        for rec in stats.admit(records):
+            reason, detail = self.check(rec)
+            if reason is not None:
+                stats.drop(rec, reason, **detail)
+            else:
+                yield stats.keep(rec)
+        stats.extra["pairs_scored"] += self.pairs_scored - scored_before
+
+
+def prime_sample(records: Iterable[dict], cfg: DedupConfig) -> list[str]:
+    """Texts of the first ``cfg.prime_size`` records, to order tokens rare-first (exact only)."""
+    if cfg.method != "exact":
+        return []
+    head = itertools.islice(records, cfg.prime_size)
+    return [t for r in head if (t := _text(r, cfg.field)) is not None]
+
 
 def run(
     records: Iterable[dict], cfg: DedupConfig, stats: StageStats, against: Iterable[dict] = ()
@@ -196,15 +216,5 @@ def run(
     """
     it = iter(records)
     head = list(itertools.islice(it, cfg.prime_size)) if cfg.method == "exact" else []
-    sample = [t for r in head if (t := _text(r, cfg.field)) is not None]
-    deduper = Deduper(cfg, against, sample=sample)
-    scored_before = deduper.pairs_scored
-    for rec in itertools.chain(head, it):
-        stats.total += 1
-        reason, detail = deduper.check(rec)
-        if reason is not None:
-            stats.drop(rec, reason, **detail)
-            continue
-        stats.kept += 1
-        yield rec
-    stats.extra["pairs_scored"] += deduper.pairs_scored - scored_before
+    deduper = Deduper(cfg, against, sample=prime_sample(head, cfg))
+    yield from deduper.run(itertools.chain(head, it), stats)

@@ -2,8 +2,9 @@
 none), ``output``) and to chat messages (``{"messages": [...]}``, which tokenizers'
 ``apply_chat_template`` take), with an optional seeded train/validation split.
 
-Reads ``instruction``, ``input``, ``output``. Reject reason: ``empty_output`` (a record that
-reaches export without an output, e.g. a code problem that was never verified).
+Reads ``instruction``, ``input``, ``output``. Reject reasons: ``empty_output`` (a record that
+reaches export without an output, e.g. a code problem that was never verified),
+``empty_instruction``, ``over_target`` (kept by every stage, but past the number asked for).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Iterator
 
-from pipeline.stats import StageStats
+from stages.base import StageStats
 
 
 def check(record: dict) -> str | None:
@@ -42,15 +43,17 @@ def to_messages(record: dict, system_prompt: str = "") -> dict:
     return {"id": record.get("id"), "messages": messages}
 
 
-def run(records: Iterable[dict], stats: StageStats) -> Iterator[dict]:
-    for rec in records:
-        stats.total += 1
+def run(records: Iterable[dict], stats: StageStats, *, limit: int | None = None) -> Iterator[dict]:
+    """Exportable records in order; past ``limit`` kept ones the rest are ``over_target``
+    (records a run made beyond what it was asked for: written with their reason, not lost)."""
+    for rec in stats.admit(records):
         reason = check(rec)
+        if reason is None and limit is not None and stats.kept >= limit:
+            reason = "over_target"
         if reason:
             stats.drop(rec, reason)
-            continue
-        stats.kept += 1
-        yield rec
+        else:
+            yield stats.keep(rec)
 
 
 def split(

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pipeline.stats import StageStats
+from stages.base import StageStats
 
 MODES = ("general", "code")
 
@@ -481,12 +481,10 @@ def normalize(record: dict, cfg: FilterConfig) -> dict:
 
 def run(records: Iterable[dict], cfg: FilterConfig, stats: StageStats) -> Iterator[dict]:
     """Normalize and check each record; yield the kept, drop the rest with their reason."""
-    for rec in records:
-        stats.total += 1
+    for rec in stats.admit(records):
         rec = normalize(rec, cfg)
         reason, detail = _check(rec, cfg)
         if reason:
             stats.drop(rec, reason, **detail)
-            continue
-        stats.kept += 1
-        yield rec
+        else:
+            yield stats.keep(rec)

@@ -1,246 +1,249 @@
-"""Generation stage: build requests from sampled seeds and parse the model's replies.
+"""Generation stages: requests built from sampled seeds, replies parsed into records, and the
+follow-up requests that complete them. Each is an operator under the stage contract
+(:mod:`stages.base`); the LLM comes in as a ``llm`` stream and prompt rendering as ``render``.
 
-General mode (Alpaca-style): one request shows k example tasks and asks for a batch of new ones
-as ``Task N / Instruction: / Input: / Output:`` blocks; :func:`parse_tasks` splits the reply
-tolerantly (misnumbered, merged, markdown-decorated or truncated items). Code mode (CodeAlpaca +
-Code Llama's recipe): problems first, then for each kept problem separate sampled requests for
-unit tests and for k candidate solutions, stored on the record for the verify stage.
+- :func:`batch_request` / :func:`round_requests`: the batch requests of one round. Request ``i``
+  samples its examples with an RNG seeded by ``(seed, i)`` and, for ``mix_generated``, from
+  the records kept before the round began, so the requests of a run are a function of the
+  answers it got, never of timing.
+- :func:`parse_replies` (stage ``generate``): batch replies into records. General mode
+  (Alpaca-style) asks for ``Task N / Instruction: / Input: / Output:`` blocks; code mode
+  (CodeAlpaca + Code Llama's recipe) asks for problems.
+- :func:`answer` (stage ``answer``, general mode with ``answer_mode=chat``): Self-Instruct's
+  second step, each new instruction answered by the chat endpoint.
+- :func:`solve` (stage ``solve``, code mode): for each problem, separate sampled requests for
+  unit tests and for k candidate solutions, stored on the record for the verify stage.
+- :func:`next_round_size`: how many batch requests the next round sends.
 
-Reads seed records (``instruction``, ``input``, ``output``, code seeds ``tests``). Writes records
-with ``id`` (``g<request>-<item>``, stable across reruns), ``instruction``, ``input``, ``output``,
-``meta`` (``request``, ``seeds``, ``template``, ``model``, ``request_id``, ``finish_reason``,
-``usage``); code records add ``language``, ``tests``, ``candidates``.
+Writes records with ``id`` (``g<request>-<item>``, stable across reruns), ``instruction``,
+``input``, ``output``, ``meta`` (``request``, ``seeds``, ``template``, ``model``,
+``request_id``, ``finish_reason``, ``usage``); code records add ``language``, and after
+:func:`solve` ``tests`` and ``candidates``.
 
-Reject reasons: ``unparseable_reply`` (no task found; raw text kept), ``missing_instruction``,
-``missing_output``, ``truncated_generation`` (the last item of a reply cut by
-``finish_reason=length``), ``request_failed`` (retries exhausted), ``no_tests`` and
-``no_candidates`` (code mode: nothing usable came back).
+Reject reasons: ``request_failed`` (retries exhausted; the error is kept), ``budget_exhausted``
+(the run's cost or token budget ran out before the request was sent), ``unparseable_reply``
+(no task found; raw text kept), ``missing_instruction``, ``missing_output``,
+``truncated_generation`` (the last item of a reply cut by ``finish_reason=length``);
+``solve``: ``no_tests`` and ``no_candidates`` (nothing usable came back; request errors kept).
 """
 
 from __future__ import annotations
 
-import re
+import math
+import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pipeline.prompts import render
-from pipeline.stats import StageStats
+from stages import prompting, seeds
+from stages.base import Failure, Render, Request, Response, StageStats, Stream, help_field
+from stages.parsing import extract_code, parse_tasks
 
-NO_INPUT = {
-    "",
-    "<none>",
-    "<noinput>",
-    "<no input>",
-    "none",
-    "none.",
-    "n/a",
-    "no input",
-    "no input.",
-    "null",
-    "-",
-    "(none)",
-    "empty",
-    "(empty)",
-}
-
-# A task header: "Task 4", "### Task 4:", "**Task 4.**", "4. " at a line start, "Problem 4".
-_HEADER = re.compile(
-    r"^[ \t>*#]*(?:task|problem|example)\s*#?\s*(\d+)\s*[:.)\-]*\**[ \t]*(.*)$", re.I | re.M
-)
-_FIELD = re.compile(
-    r"^[ \t>*#\-]*(instructions?|input|output|response|answer)\s*\**\s*[:：]\s*\**[ \t]*",
-    re.I | re.M,
-)
-_CANON = {
-    "instruction": "instruction",
-    "instructions": "instruction",
-    "input": "input",
-    "output": "output",
-    "response": "output",
-    "answer": "output",
-}
+_help = help_field
 
 
 @dataclass
-class Parsed:
-    instruction: str | None
-    input: str
-    output: str | None
-    raw: str
-
-
-def format_task(number: int, rec: dict) -> str:
-    inp = rec.get("input", "") or "<none>"
-    return render(
-        "task_block",
-        number=number,
-        instruction=rec["instruction"],
-        input=inp,
-        output=rec.get("output", ""),
-    ).rstrip()
-
-
-def general_prompt(examples: list[dict], count: int, api: str) -> tuple[str, str]:
-    """(template name, text) of a general-mode request."""
-    blocks = "\n\n".join(format_task(i + 1, r) for i, r in enumerate(examples))
-    nxt = len(examples) + 1
-    if api == "completion":
-        # Ends right after "Instruction:" so the model continues the next task.
-        return "general_completion", render(
-            "general_completion", examples=blocks, next=nxt
-        ).rstrip()
-    return "general_chat", render(
-        "general_chat", examples=blocks, count=count, next=nxt, last=nxt + count - 1
+class GenerationConfig:
+    mode: str = _help(
+        "general (Alpaca-style tasks) | code (problems + unit tests + candidate solutions)",
+        "general",
+    )
+    num: int = _help("records wanted in data.json", 20)
+    seed: int = _help("RNG seed for seed sampling and request order", 42)
+    seeds_path: str = _help("seed task file (self-instruct schema, JSONL)", "seed_tasks.jsonl")
+    num_prompt_tasks: int = _help("seed tasks shown as examples in each request", 3)
+    tasks_per_request: int = _help("new tasks asked for in each general-mode request", 5)
+    mix_generated: float = _help(
+        "share of prompt examples drawn from already kept generated tasks (self-instruct style); 0 = seeds only",
+        0.0,
+    )
+    temperature: float = _help("sampling temperature", 0.9)
+    top_p: float = _help("nucleus sampling", 0.95)
+    max_tokens: int = _help("completion tokens per request", 768)
+    answer_mode: str = _help(
+        "general mode: inline (use the output written in the batch) | chat (ask the chat endpoint to answer each new instruction, Self-Instruct's two-step recipe) | auto (chat for the embedded model, inline otherwise)",
+        "auto",
+    )
+    answer_temperature: float = _help("sampling temperature for answers in answer_mode=chat", 0.3)
+    max_requests: int = _help("hard cap on generation requests in one run; 0 = 50 x num", 0)
+    round_size: int = _help(
+        "general mode: most batch requests in one round (a round's requests are built from the records kept before it; the next round is sized from the yield so far)",
+        64,
+    )
+    num_candidates: int = _help("code mode: candidate solutions sampled per problem", 4)
+    num_test_samples: int = _help(
+        "code mode: unit-test suites sampled per problem (first usable one is kept)", 1
+    )
+    code_overgenerate: float = _help(
+        "code mode: problems generated per wanted record in a round", 2.0
+    )
+    code_rounds: int = _help(
+        "code mode: rounds of problem generation before giving up on reaching num", 4
     )
 
-
-def code_problem_prompt(examples: list[dict], count: int, api: str) -> tuple[str, str]:
-    blocks = "\n\n".join(
-        render("code_problem_block", number=i + 1, instruction=r["instruction"]).rstrip()
-        for i, r in enumerate(examples)
-    )
-    nxt = len(examples) + 1
-    if api == "completion":
-        return "code_problem_completion", render(
-            "code_problem_completion", examples=blocks, next=nxt
-        ).rstrip()
-    return "code_problem_chat", render(
-        "code_problem_chat", examples=blocks, count=count, next=nxt, last=nxt + count - 1
-    )
-
-
-def answer_prompt(record: dict) -> str:
-    """The user message that asks a chat model to carry out a generated task."""
-    if record.get("input"):
-        return render(
-            "answer_with_input", instruction=record["instruction"], input=record["input"]
-        ).strip()
-    return render("answer", instruction=record["instruction"]).strip()
-
-
-def function_name(instruction: str) -> str:
-    """The function a code problem asks for: `name(` in backticks, else 'function name'."""
-    m = re.search(r"`\s*(?:def\s+)?([A-Za-z_]\w*)\s*\(", instruction) or re.search(
-        r"\bfunction\s+(?:called\s+|named\s+)?`?([A-Za-z_]\w*)`?", instruction
-    )
-    return m.group(1) if m else "solution"
-
-
-def code_tests_prompt(problem: dict, example: dict, api: str) -> tuple[str, str]:
-    name = "code_tests_completion" if api == "completion" else "code_tests_chat"
-    return name, render(
-        name,
-        instruction=problem["instruction"],
-        function=function_name(problem["instruction"]),
-        example_instruction=example["instruction"],
-        example_tests=example.get("tests", "").strip(),
-    )
-
-
-def code_solution_prompt(problem: dict, example: dict, api: str) -> tuple[str, str]:
-    name = "code_solution_completion" if api == "completion" else "code_solution_chat"
-    return name, render(
-        name,
-        instruction=problem["instruction"],
-        function=function_name(problem["instruction"]),
-        example_instruction=example["instruction"],
-        example_solution=example.get("output", "").strip(),
-    )
-
-
-def _clean(text: str) -> str:
-    text = text.strip()
-    # Markdown emphasis the model wraps around whole fields.
-    text = re.sub(r"^\*\*\s*|\s*\*\*$", "", text).strip()
-    return text
-
-
-def _split_fields(block: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    marks = list(_FIELD.finditer(block))
-    if not marks:
-        return fields
-    head = block[: marks[0].start()].strip()
-    if head:
-        fields["_head"] = head
-    for j, m in enumerate(marks):
-        name = _CANON[m.group(1).lower()]
-        end = marks[j + 1].start() if j + 1 < len(marks) else len(block)
-        value = block[m.end() : end]
-        # An "Instruction:" after other fields starts a merged next task: cut there.
-        if name == "instruction" and any(k in fields for k in ("instruction", "input", "output")):
-            fields["_merged_rest"] = block[m.start() :]
-            break
-        if name in fields:
-            continue
-        fields[name] = value
-    return fields
-
-
-def split_blocks(text: str) -> list[str]:
-    """Cut a reply into task blocks at "Task N" headers, and at a repeated "Instruction:" when
-    the model merged two tasks without a header."""
-    heads = list(_HEADER.finditer(text))
-    blocks = []
-    if not heads:
-        blocks = [text]
-    else:
-        if text[: heads[0].start()].strip():
-            blocks.append(text[: heads[0].start()])
-        for j, h in enumerate(heads):
-            end = heads[j + 1].start() if j + 1 < len(heads) else len(text)
-            # Keep the header's trailing text: "Task 4: Rewrite ..." has the instruction inline.
-            blocks.append(h.group(2) + "\n" + text[h.end() : end])
-    out = []
-    for b in blocks:
-        while True:
-            f = _split_fields(b)
-            if "_merged_rest" in f:
-                idx = b.find(f["_merged_rest"])
-                out.append(b[:idx])
-                b = f["_merged_rest"]
-                continue
-            out.append(b)
-            break
-    return [b for b in out if b.strip()]
-
-
-def parse_tasks(text: str, *, need_output: bool = True) -> list[Parsed]:
-    """Tolerant parse of a batch reply into tasks (fields may be missing; the caller decides)."""
-    items = []
-    for block in split_blocks(text):
-        f = _split_fields(block)
-        instruction = f.get("instruction")
-        if instruction is None and f.get("_head"):
-            instruction = f["_head"]  # "Task 4: Rewrite the sentence..." with no Instruction: label
-        if instruction is None and not f:
-            instruction = block if not need_output else None
-        inp = _clean(f.get("input", ""))
-        items.append(
-            Parsed(
-                instruction=_clean(instruction) if instruction and _clean(instruction) else None,
-                input=""
-                if inp.lower().strip("<>[]() ") in {m.strip("<>[]() ") for m in NO_INPUT}
-                else inp,
-                output=_clean(f["output"])
-                if f.get("output") is not None and _clean(f["output"])
-                else None,
-                raw=block.strip(),
+    def __post_init__(self) -> None:
+        if self.answer_mode not in ("inline", "chat", "auto"):
+            raise ValueError(
+                f"generation.answer_mode={self.answer_mode!r}: use 'inline', 'chat' or 'auto'"
             )
+        if self.mode not in ("general", "code"):
+            raise ValueError(f"generation.mode={self.mode!r}: use 'general' or 'code'")
+        if self.num < 1:
+            raise ValueError(f"generation.num={self.num!r}: must be at least 1")
+        if self.num_prompt_tasks < 1:
+            raise ValueError(
+                f"generation.num_prompt_tasks={self.num_prompt_tasks!r}: must be at least 1"
+            )
+        if self.tasks_per_request < 1:
+            raise ValueError(
+                f"generation.tasks_per_request={self.tasks_per_request!r}: must be at least 1"
+            )
+        if not 0.0 <= self.mix_generated <= 1.0:
+            raise ValueError(
+                f"generation.mix_generated={self.mix_generated!r}: must be between 0 and 1"
+            )
+        if self.num_candidates < 1:
+            raise ValueError(
+                f"generation.num_candidates={self.num_candidates!r}: must be at least 1"
+            )
+        if self.round_size < 1:
+            raise ValueError(f"generation.round_size={self.round_size!r}: must be at least 1")
+        if self.max_requests < 0:
+            raise ValueError(
+                f"generation.max_requests={self.max_requests!r}: use 0 (50 x num) or a positive cap"
+            )
+
+    @property
+    def request_cap(self) -> int:
+        return self.max_requests or 50 * self.num
+
+
+# -- batch requests ---------------------------------------------------------------------------
+def batch_request(
+    i: int,
+    cfg: GenerationConfig,
+    pool: list[dict],
+    render: Render,
+    api: str,
+    *,
+    generated: list[dict] | None = None,
+    answer_mode: str = "inline",
+) -> Request:
+    """Batch request ``i`` (new tasks in general mode, new problems in code mode). A completion
+    prompt ends inside the next block, so its reply is parsed with that header in front."""
+    if cfg.mode == "general":
+        rng = random.Random(f"{cfg.seed}:general:{i}")
+        examples = seeds.sample_seeds(
+            pool, cfg.num_prompt_tasks, rng, generated or [], cfg.mix_generated
         )
-    return items
+        template, text = prompting.general_prompt(render, examples, cfg.tasks_per_request, api)
+        header, max_tokens = "Task", cfg.max_tokens
+    else:
+        rng = random.Random(f"{cfg.seed}:code:{i}")
+        examples = seeds.sample_seeds(pool, cfg.num_prompt_tasks, rng)
+        template, text = prompting.code_problem_prompt(render, examples, cfg.tasks_per_request, api)
+        header, max_tokens = "Problem", min(cfg.max_tokens, 512)
+    # A per-request sampling seed makes runs reproducible where the server honours it.
+    params = {
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_tokens": max_tokens,
+        "seed": cfg.seed * 100003 + i,
+    }
+    if api == "completion":
+        # One stop marker past the asked-for batch keeps a base-style model from rambling.
+        params["stop"] = [f"{header} {len(examples) + cfg.tasks_per_request + 1}"]
+        if cfg.mode == "general" and answer_mode == "chat":
+            # The output is asked for separately: stop at the first "Output:" and spend no
+            # tokens on an answer that would be thrown away.
+            params["stop"] = ["Output:", f"\nTask {len(examples) + 2}"]
+            params["max_tokens"] = min(cfg.max_tokens, 160)
+        req = Request(kind="generate", prompt=text, params=params, sample=i)
+    else:
+        req = Request(
+            kind="generate", messages=[{"role": "user", "content": text}], params=params, sample=i
+        )
+    req.tag = {
+        "template": template,
+        "seeds": [e["id"] for e in examples],
+        "index": i,
+        "prefix": f"{header} {len(examples) + 1}\nInstruction:" if api == "completion" else "",
+    }
+    return req
 
 
-def extract_code(text: str) -> str:
-    """Python source from a reply: the first fenced block, else an unterminated fence's body
-    (completion prompts open the fence themselves), else the text as it is."""
-    m = re.search(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", text, re.S | re.I)
-    if m:
-        return m.group(1).strip("\n")
-    m = re.search(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*)$", text, re.S | re.I)
-    if m:
-        return m.group(1).strip("\n")
-    return text.strip("\n").split("```")[0].rstrip()
+def round_requests(
+    start: int,
+    count: int,
+    cfg: GenerationConfig,
+    pool: list[dict],
+    render: Render,
+    api: str,
+    *,
+    generated: list[dict] | None = None,
+    answer_mode: str = "inline",
+) -> list[Request]:
+    """Requests ``start .. start+count-1``; ``generated`` is what was kept before the round."""
+    frozen = list(generated or [])
+    return [
+        batch_request(i, cfg, pool, render, api, generated=frozen, answer_mode=answer_mode)
+        for i in range(start, start + count)
+    ]
+
+
+def next_round_size(cfg: GenerationConfig, kept: int, requests_sent: int) -> int:
+    """Batch requests for the next general-mode round: what the yield so far says is needed to
+    reach ``num`` (the first round assumes every asked-for task is kept), within
+    ``round_size`` and the request cap. 0 when nothing more is to be sent."""
+    wanted = cfg.num - kept
+    left = cfg.request_cap - requests_sent
+    if wanted <= 0 or left <= 0:
+        return 0
+    if requests_sent:
+        # A little over the measured yield: one round too many costs a round trip of latency,
+        # a few records too many cost only their tokens (they are kept as over_target rejects).
+        need = math.ceil(1.15 * wanted / max(kept / requests_sent, 0.05))
+    else:
+        need = math.ceil(wanted / cfg.tasks_per_request)
+    return max(1, min(need, cfg.round_size, left))
+
+
+# -- stage: generate --------------------------------------------------------------------------
+def _usage(resp: Response) -> dict:
+    return {"prompt_tokens": resp.prompt_tokens, "completion_tokens": resp.completion_tokens}
+
+
+def parse_replies(
+    answers: Iterable[tuple[Request, Response | Failure]],
+    stats: StageStats,
+    *,
+    mode: str = "general",
+    require_output: bool = True,
+) -> Iterator[dict]:
+    """The ``generate`` stage: each batch reply parsed into records (a failed request is a
+    rejected record with its error)."""
+    for req, resp in answers:
+        i = req.tag["index"]
+        if isinstance(resp, Failure):
+            stats.drop({"id": f"g{i}", "meta": {"request": i, "error": resp.error}}, resp.kind)
+            continue
+        meta = {
+            "template": req.tag["template"],
+            "seeds": req.tag["seeds"],
+            "model": resp.model,
+            "request_id": resp.request_id,
+            "usage": _usage(resp),
+            "cached": resp.cached,
+        }
+        yield from records_from_reply(
+            resp.text,
+            request_index=i,
+            finish_reason=resp.finish_reason,
+            meta=meta,
+            stats=stats,
+            mode=mode,
+            prefix=req.tag["prefix"],
+            require_output=require_output,
+        )
 
 
 def records_from_reply(
@@ -255,16 +258,13 @@ def records_from_reply(
     require_output: bool = True,
 ) -> Iterator[dict]:
     """Parse one reply into records; drops go to ``stats`` with the raw text kept."""
-    full = prefix + text
-    items = parse_tasks(full, need_output=(mode == "general"))
-    base = {"meta": {**meta, "request": request_index, "reply_finish_reason": finish_reason}}
+    items = parse_tasks(prefix + text, need_output=(mode == "general"))
+    base = {**meta, "request": request_index, "reply_finish_reason": finish_reason}
     if not items:
-        stats.total += 1
-        meta_all = {**base["meta"], "finish_reason": finish_reason}
-        stats.drop({"id": f"g{request_index}", "meta": meta_all, "raw": text}, "unparseable_reply")
+        rec = {"id": f"g{request_index}", "meta": {**base, "finish_reason": finish_reason}}
+        stats.drop({**rec, "raw": text}, "unparseable_reply")
         return
     for j, item in enumerate(items):
-        stats.total += 1
         last = j == len(items) - 1
         # Only the last item of a reply cut by the length limit is cut; the ones before it were
         # followed by another item, so they are complete.
@@ -272,7 +272,7 @@ def records_from_reply(
             "id": f"g{request_index}-{j}",
             "instruction": item.instruction or "",
             "input": item.input,
-            "meta": {**base["meta"], "finish_reason": finish_reason if last else "stop"},
+            "meta": {**base, "finish_reason": finish_reason if last else "stop"},
         }
         if mode == "general":
             rec["output"] = item.output or ""
@@ -284,20 +284,137 @@ def records_from_reply(
             and (require_output or not (item.input or item.output))
         ):
             stats.drop({**rec, "raw": item.raw}, "truncated_generation")
-            continue
-        if not item.instruction:
+        elif not item.instruction:
             stats.drop({**rec, "raw": item.raw}, "missing_instruction")
-            continue
-        if mode == "general" and require_output and not item.output:
+        elif mode == "general" and require_output and not item.output:
             stats.drop({**rec, "raw": item.raw}, "missing_output")
+        else:
+            if mode == "code":
+                # A problem is its first paragraph: small models append rambling "rules" after
+                # a blank line that contradict the problem and poison the tests and solutions
+                # prompts.
+                rec["instruction"] = rec["instruction"].split("\n\n")[0].strip()
+                rec["language"] = "python"
+            yield stats.keep(rec)
+
+
+# -- stage: answer ----------------------------------------------------------------------------
+def answer(
+    records: Iterable[dict],
+    llm: Stream,
+    render: Render,
+    cfg: GenerationConfig,
+    stats: StageStats,
+) -> Iterator[dict]:
+    """The ``answer`` stage: Self-Instruct's second step. Each new instruction (with its input)
+    goes to the chat endpoint and the reply becomes the output. Small instruction-tuned models
+    answer far better in chat than they continue a few-shot block."""
+
+    def requests() -> Iterator[Request]:
+        for rec in stats.admit(records):
+            params = {
+                "temperature": cfg.answer_temperature,
+                "top_p": cfg.top_p,
+                "max_tokens": cfg.max_tokens,
+                "seed": cfg.seed,
+            }
+            text = prompting.answer_prompt(render, rec)
+            yield Request(
+                kind="answer",
+                messages=[{"role": "user", "content": text}],
+                params=params,
+                tag=rec,
+                api="chat",
+            )
+
+    for req, resp in llm(requests()):
+        rec = req.tag
+        if isinstance(resp, Failure):
+            stats.drop({**rec, "meta": {**rec["meta"], "error": resp.error}}, resp.kind)
             continue
-        if mode == "code":
-            # A problem is its first paragraph: small models append rambling "rules" after a
-            # blank line that contradict the problem and poison the tests and solutions prompts.
-            rec["instruction"] = rec["instruction"].split("\n\n")[0].strip()
-            rec["language"] = "python"
-        stats.kept += 1
-        yield rec
+        meta = {
+            **rec["meta"],
+            "inline_output": rec.get("output", ""),
+            "answer": {
+                "finish_reason": resp.finish_reason,
+                "request_id": resp.request_id,
+                "usage": _usage(resp),
+            },
+            "finish_reason": resp.finish_reason,
+        }
+        yield stats.keep({**rec, "output": resp.text.strip(), "meta": meta})
+
+
+# -- stage: solve (code mode) -----------------------------------------------------------------
+def code_request(
+    kind: str, text: str, sample: int, problem_id: str, cfg: GenerationConfig, api: str
+) -> Request:
+    params = {
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_tokens": cfg.max_tokens,
+        "seed": (cfg.seed * 100003 + sample * 7919 + sum(map(ord, problem_id))) % (2**31),
+    }
+    if api == "completion":
+        params["stop"] = ["```", "### Problem"]
+        return Request(kind=kind, prompt=text.rstrip("\n") + "\n", params=params, sample=sample)
+    return Request(
+        kind=kind, messages=[{"role": "user", "content": text}], params=params, sample=sample
+    )
+
+
+def solve(
+    problems: Iterable[dict],
+    llm: Stream,
+    render: Render,
+    cfg: GenerationConfig,
+    examples: list[dict],
+    api: str,
+    stats: StageStats,
+) -> Iterator[dict]:
+    """The ``solve`` stage: ``num_test_samples`` unit-test suites and ``num_candidates``
+    candidate solutions per problem, each its own sampled request, attached to the record.
+    Answers arrive in request order, so a problem is complete when its last request lands."""
+    prefix = "```python\n" if api == "completion" else ""
+
+    def requests() -> Iterator[Request]:
+        for p in stats.admit(problems):
+            ex = random.Random(f"{cfg.seed}:ex:{p['id']}").choice(examples)
+            subs = []
+            for s in range(cfg.num_test_samples):
+                _, text = prompting.code_tests_prompt(render, p, ex, api)
+                subs.append(code_request("tests", text, s, p["id"], cfg, api))
+            for s in range(cfg.num_candidates):
+                _, text = prompting.code_solution_prompt(render, p, ex, api)
+                subs.append(code_request("solutions", text, s, p["id"], cfg, api))
+            for j, req in enumerate(subs):
+                req.tag = (p, j == len(subs) - 1)
+                yield req
+
+    got: dict[str, list[str]] = {"tests": [], "solutions": []}
+    failed: dict[str, list[Failure]] = {"tests": [], "solutions": []}
+    for req, resp in llm(requests()):
+        problem, last = req.tag
+        if isinstance(resp, Failure):
+            failed[req.kind].append(resp)
+        else:
+            got[req.kind].append(extract_code(prefix + resp.text))
+        if not last:
+            continue
+        rec = attach_code(problem, got["tests"], got["solutions"])
+        errors = [f"{k}: {f.error}" for k, fs in failed.items() for f in fs]
+        if errors:
+            rec["meta"] = {**rec.get("meta", {}), "request_errors": errors}
+        missing = "tests" if not rec["tests"] else "solutions" if not rec["candidates"] else None
+        if missing is None:
+            yield stats.keep(rec)
+        elif failed[missing] and not got[missing]:
+            # Nothing came back because every request failed: say so, not "no tests".
+            stats.drop(rec, failed[missing][0].kind)
+        else:
+            stats.drop(rec, "no_tests" if missing == "tests" else "no_candidates")
+        got = {"tests": [], "solutions": []}
+        failed = {"tests": [], "solutions": []}
 
 
 def attach_code(problem: dict, tests: Iterable[str], candidates: Iterable[str]) -> dict:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import PurePosixPath
 
-from pipeline.stats import StageStats
+from stages.base import StageStats
 
 REASON_UNGROUNDED = "ungrounded_answer"
 REASON_SECRET_OUTPUT = "secret_in_output"
@@ -576,12 +576,10 @@ def run_grounding(
     min_support: float = 0.75,
 ) -> Iterator[dict]:
     """Keep QA records whose answers are supported by ``sources[record["meta"]["source"]]``."""
-    for rec in records:
-        stats.total += 1
+    for rec in stats.admit(records):
         source = sources.get(rec.get("meta", {}).get("source", ""), "")
         reason, detail = _check(rec, source, min_support)
         if reason:
             stats.drop(rec, reason, **detail)
-            continue
-        stats.kept += 1
-        yield rec
+        else:
+            yield stats.keep(rec)

@@ -13,9 +13,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from pipeline.records import RecordError
-
-NO_INPUT_MARKERS = {"", "<noinput>", "<no input>", "<none>", "none", "n/a", "no input", "null"}
+from stages.base import RecordError
+from stages.parsing import normalize_input
 
 
 def seed_to_record(obj: dict, path: str = "<seeds>", line: int = 0) -> dict:
@@ -62,7 +61,7 @@ def seed_to_record(obj: dict, path: str = "<seeds>", line: int = 0) -> dict:
     rec = {
         "id": str(sid),
         "instruction": instruction.strip(),
-        "input": "" if inp.strip().lower() in NO_INPUT_MARKERS else inp,
+        "input": normalize_input(inp),
         "output": first["output"],
         "meta": {"source": "seed", "name": obj.get("name", ""), "is_classification": is_cls},
     }

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pipeline.stats import StageStats
+from stages.base import StageStats
 from stages import execution
 
 
