@@ -1,26 +1,36 @@
-"""``python -m finetune eval``: HumanEval pass@k of a model, with or without a LoRA adapter,
-from a local transformers model or an OpenAI-compatible endpoint, executed in the verify
-stage's sandbox.
+"""``python -m finetune eval``: HumanEval (and HumanEval infilling) pass@k of a model, with or
+without a LoRA adapter, from a local transformers model or an OpenAI-compatible endpoint,
+executed in the verify stage's sandbox.
 
 One command answers "did the adapter help?": given ``--adapter DIR`` the base model and the
 adapted model are both evaluated in the same run, with the same prompts and the same decoding,
 and printed side by side (the base through peft's ``disable_adapter()``, so the weights are
 loaded once).
 
-Prompts follow how the adapter was trained: its ``prompt_format.json`` (read by the trainer's
-``finetune.model.read_prompt_format``) is rendered through ``finetune.data.format_prompt``, the
-very function that built the training examples. Without an adapter the model simply continues
-the HumanEval prompt (``--prompt-mode completion``), as base-model numbers are measured.
+The prompt form, and the summary's ``prompt`` entry that names it:
+
+- with an adapter (or a merged model directory holding ``prompt_format.json``): how it was
+  trained, rendered through ``finetune.data.format_prompt``, the function that built the
+  training examples;
+- without one: the model's own chat template when its tokenizer has one (an instruct model
+  asked in the form it was tuned on; SmolLM2-135M-Instruct solves 8 of 164 this way and 0 when
+  it merely continues the prompt), else the raw HumanEval prompt continued
+  (``completion``, as base-model numbers are measured). ``--prompt-mode`` and
+  ``--prompt-format`` choose explicitly.
+- ``--benchmark humaneval-infilling`` (:mod:`finetune.infilling`): fill-in-the-middle prompts
+  with the sentinels of the adapter's training (``prompt_format.json``'s ``fim``), of
+  ``--fim-tokens``, or found in the tokenizer, in ``--fim-mode`` order; the middle ends at END.
 
 Decoding is greedy for pass@1 (``--n 1``); with ``--n N`` the model samples N completions per
 problem at ``--temperature`` (0.8 by default) and pass@k is the unbiased estimator over them.
 Local generation is batched with left padding and stops each row at the end of the function
-(stop strings) or at EOS. Endpoints are called with the ``openai`` package: the completion API
-for raw continuations, the chat API for chat models.
+(stop strings) or at EOS. Endpoints are called through :class:`pipeline.llm.LLMClient` (one
+request per sample; its retries, concurrency and backoff): the completion API for raw
+continuations and infilling, the chat API for chat models.
 
 Files written under ``--output`` (default ``outputs/eval-<time>/``): ``<label>.jsonl`` with one
 line per problem (n, c, pass@k, each sample's reply, extracted code, status and detail) and
-``summary.json`` with the settings and every model's pass@k and timings.
+``summary.json`` with the settings and every model's pass@k, prompt form and timings.
 
 ``--contamination data.json`` instead reports how much of a training set overlaps HumanEval.
 """
@@ -33,12 +43,12 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from finetune import humaneval as he
+from finetune import infilling
 from pipeline.records import write_json_atomic, write_jsonl_atomic
 
 

@@ -73,22 +73,31 @@ def single_token_id(tokenizer: Any, text: str) -> int | None:
     return None
 
 
+DATA_FIELDS = {k: f"data.fim.{k}_token" for k in ("prefix", "suffix", "middle", "end")}
+DATA_FIX = (
+    "set data.fim.prefix_token, data.fim.suffix_token and data.fim.middle_token to single "
+    "tokens of its vocabulary, or data.fim.rate=0"
+)
+
+
 def resolve_fim_tokens(
     tokenizer: Any,
     override: dict[str, str | None] | None = None,
     *,
-    field: str = "data.fim",
+    fields: dict[str, str] | None = None,
+    fix: str = DATA_FIX,
 ) -> FimTokens:
     """The FIM sentinels: ``override`` (``prefix``/``suffix``/``middle``[/``end``] token names),
-    else the first family of :data:`FAMILIES` the tokenizer holds. Errors name ``field``."""
+    else the first family of :data:`FAMILIES` the tokenizer holds. Errors name the setting
+    (``fields``: the config field or flag of each sentinel) and say how to fix it (``fix``)."""
+    fields = fields or DATA_FIELDS
     override = {k: v for k, v in (override or {}).items() if v}
-    eos = tokenizer.eos_token
     if override:
         missing = [k for k in ("prefix", "suffix", "middle") if k not in override]
         if missing:
             raise ValueError(
-                f"{field}: {', '.join(f'{k}_token' for k in missing)} not set; name all three of "
-                "prefix_token, suffix_token and middle_token, or none to use the tokenizer's own"
+                f"{fields[missing[0]]}: not set; name the prefix, suffix and middle sentinels "
+                "all three, or none to use the tokenizer's own"
             )
         names = (override["prefix"], override["suffix"], override["middle"], override.get("end"))
         family = "custom"
@@ -100,28 +109,30 @@ def resolve_fim_tokens(
         if found is None:
             looked = "; ".join(" ".join(f[1:4]) for f in FAMILIES)
             raise ValueError(
-                f"{field}.prefix_token: the tokenizer has no fill-in-the-middle tokens (looked for "
-                f"{looked}); set {field}.prefix_token, {field}.suffix_token and "
-                f"{field}.middle_token to single tokens of its vocabulary, or {field}.rate=0"
+                f"{fields['prefix']}: the tokenizer has no fill-in-the-middle tokens (looked for "
+                f"{looked}); {fix}"
             )
         family, pre, suf, mid, end = found
         if end is not None and single_token_id(tokenizer, end) is None:
             end = None
         names = (pre, suf, mid, end)
-    end_name = names[3] or eos
+    end_name = names[3] or tokenizer.eos_token
     if end_name is None:
-        raise ValueError(f"{field}.end_token: the tokenizer has no EOS token; name an end token")
+        raise ValueError(f"{fields['end']}: the tokenizer has no EOS token; name an end token")
     ids = []
     for key, name in zip(("prefix", "suffix", "middle", "end"), (*names[:3], end_name), strict=True):
         tid = single_token_id(tokenizer, name)
         if tid is None:
             raise ValueError(
-                f"{field}.{key}_token={name!r}: not a single token of the tokenizer's vocabulary "
-                "(adding a new token would need new embedding rows; use one the model has)"
+                f"{fields[key]}={name!r}: not a single token of the tokenizer's vocabulary "
+                "(a new token would need new embedding rows; name one the model has)"
             )
         ids.append(tid)
     if len(set(ids[:3])) < 3:
-        raise ValueError(f"{field}: prefix, suffix and middle tokens must differ, got {names[:3]}")
+        raise ValueError(
+            f"{fields['prefix']}: the prefix, suffix and middle sentinels must differ, got "
+            f"{names[:3]}"
+        )
     return FimTokens(*ids, names=(*names[:3], end_name), family=family)
 
 
@@ -179,6 +190,18 @@ class FimEncoder:
             self._encode(suffix, continuation=True),
         )
 
+    def decode_middle(self, ids: Sequence[int]) -> str:
+        """Generated middle ids as text. A SentencePiece decoder drops the space a text starts
+        with (taking it for the dummy prefix), which would unindent a middle's first line; it is
+        decoded after the sentinel character and that is cut off again, as Code Llama does."""
+        ids = [i for i in ids if i not in (self.tokens.end, self.tokenizer.eos_token_id)]
+        if self.dummy:
+            text = self.tokenizer.decode([*self._sentinel, *ids], skip_special_tokens=True)
+            i = text.find(_SENTINEL)
+            if i != -1:
+                return text[i + 1 :]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def prompt_ids(self, prefix: str, suffix: str, mode: str = "psm") -> list[int]:
         """The ids an infilling prompt ends with; the model generates the middle, then END."""
         p, _, s = self.parts(prefix, "", suffix)
@@ -235,9 +258,16 @@ def windows(text: str, tokenizer: Any, budget: int) -> list[str]:
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     if len(ids) <= budget:
         return [text] if text else []
-    starts = [offsets[i][0] for i in range(0, len(ids), budget)]
-    starts[0] = 0
-    bounds = [*starts, len(text)]
+    bounds, pos = [0], 0
+    while pos + budget < len(ids):
+        end = pos + budget
+        # Byte-level tokens of one character share its offsets: step back to the character's
+        # first token so the character starts the next piece whole.
+        while end > pos + 1 and offsets[end][0] == offsets[end - 1][0]:
+            end -= 1
+        bounds.append(offsets[end][0])
+        pos = end
+    bounds.append(len(text))
     pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
     return [p for p in pieces if p]
 

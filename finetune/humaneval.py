@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.records import RecordError
+from stages.parsing import PYTHON_FENCES, fenced_blocks
 
 PROBLEM_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 
@@ -146,20 +147,8 @@ def truncate_at_stop(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
     return text[:cut]
 
 
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CODE_START = re.compile(r"^(?:from\s+\S+\s+import\s|import\s|def\s|async\s+def\s|class\s|@)")
 _ASSIGN = re.compile(r"^[A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*\s*(?::[^=]+)?=[^=]")
-
-
-def _fenced_blocks(text: str) -> list[str]:
-    """Contents of Markdown code fences, a fence cut off by the token limit included."""
-    blocks = []
-    for m in _FENCE.finditer(text):
-        lang = m.group(1).lower()
-        if lang and lang not in ("python", "py", "python3", "py3"):
-            continue
-        blocks.append(m.group(2))
-    return blocks
 
 
 def _parses(code: str) -> bool:
@@ -253,7 +242,8 @@ def extract_code(reply: str, problem: dict, *, mode: str = "instruction") -> tup
         return body, "body"
     if mode != "instruction":
         raise ValueError(f"mode={mode!r}: use 'completion' or 'instruction'")
-    blocks = _fenced_blocks(reply)
+    # Untagged fences count as Python; other languages' fences are skipped.
+    blocks = fenced_blocks(reply, languages=PYTHON_FENCES)
     has_def = re.compile(rf"^(?:async\s+)?def\s+{re.escape(entry)}\s*\(", re.MULTILINE)
     chosen = next((b for b in blocks if has_def.search(b)), blocks[0] if blocks else reply)
     func = _function_source(chosen, entry, fenced=bool(blocks))
@@ -264,12 +254,15 @@ def extract_code(reply: str, problem: dict, *, mode: str = "instruction") -> tup
 
 
 def build_program(problem: dict, code: str, kind: str) -> str:
-    """The program to test: the prompt plus the body, or the prompt then the full function."""
+    """The program to test: the prompt plus the body, the prompt then the full function, or
+    (infilling) the prompt, the middle and the suffix."""
     if kind == "body":
         return problem["prompt"] + code
     if kind == "function":
         return problem["prompt"] + "\n\n" + code
-    raise ValueError(f"kind={kind!r}: use 'body' or 'function'")
+    if kind == "infill":  # an infilling problem's middle, between its prompt and suffix
+        return problem["prompt"] + code + problem["suffix"]
+    raise ValueError(f"kind={kind!r}: use 'body', 'function' or 'infill'")
 
 
 def test_program(problem: dict) -> str:

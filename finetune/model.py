@@ -309,13 +309,14 @@ def load_model(
     """(model in eval mode, tokenizer) for inference and evaluation.
 
     ``model`` None is the embedded SmolLM2, or, with an ``adapter`` directory, the base model
-    recorded in its ``prompt_format.json``. The tokenizer is the adapter's own copy when it has
+    recorded in its ``prompt_format.json``, whose ``model_config`` (RoPE overrides) is set on the
+    base config before loading. The tokenizer is the adapter's own copy when it has
     one (it was saved with the pad/EOS/chat template used in training). Padding is left for
     batched generation.
     """
     gguf_file = None
     overrides: dict[str, Any] = {}
-    if adapter is not None:
+    if adapter is not None and (model is None or (Path(adapter) / PROMPT_FORMAT_FILE).exists()):
         pf = read_prompt_format(adapter)
         # The adapter was trained on this config (RoPE base, positions): the base gets it back.
         overrides = dict(pf.get("model_config") or {})

@@ -26,13 +26,23 @@ Choices, and why:
   from its initialisation; an empty or untouched adapter (a known failure after library
   upgrades) is an error, not a silent success.
 
+- **Full fine-tuning** (``method: full``, Alpaca's recipe) is the same trainer without peft:
+  every weight is trained and the output directory is a whole model (sharded by FSDP when
+  ``training.fsdp`` is set and the run is launched with ``torchrun``/``accelerate``).
+- **Fill-in-the-middle and long context** are data and config, not a second loop:
+  ``data.fim`` turns a share of the code examples into FIM rows (:mod:`finetune.fim`), and
+  ``model.rope_theta`` / ``model.rope_scaling`` are set on the base config before the weights
+  are built and recorded so that loading the adapter sets them again.
+
 The adapter directory gets ``adapter_model.safetensors``, ``adapter_config.json``, the tokenizer,
-``prompt_format.json`` (how prompts were built, the base model) and ``train_summary.json`` (first
-and last training loss, evaluation loss, steps, tokens, seconds, data counts).
+``prompt_format.json`` (how prompts were built, the base model, the FIM sentinels, the config
+overrides) and ``train_summary.json`` (first and last training loss, evaluation loss, steps,
+tokens, seconds, data counts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -43,6 +53,7 @@ from typing import Any
 from finetune.config import TrainConfig, to_dict
 from finetune.data import build_datasets, latest_data, prompt_format_dict
 from finetune.model import (
+    config_overrides,
     load_base_model,
     load_tokenizer,
     lora_config,
@@ -53,10 +64,10 @@ from finetune.model import (
 )
 
 
-def default_output_dir(data_path: Path) -> Path:
+def default_output_dir(data_path: Path | None) -> Path:
     """``outputs/<run>/adapter`` for a run's data, else ``outputs/train-<timestamp>``."""
-    data_path = Path(data_path)
-    if data_path.parent.parent.name == "outputs":
+    data_path = Path(data_path) if data_path is not None else None
+    if data_path is not None and data_path.parent.parent.name == "outputs":
         return data_path.parent / "adapter"
     return Path("outputs") / f"train-{datetime.now():%Y%m%d-%H%M%S}"
 
@@ -111,6 +122,12 @@ def check_adapter(adapter_dir: Path, initial: dict[str, Any]) -> int:
     return len(lora)
 
 
+def check_full_model(out: Path) -> None:
+    """Raise if a full fine-tune wrote no weights."""
+    if not any((out / f).exists() for f in ("model.safetensors", "model.safetensors.index.json")):
+        raise RuntimeError(f"{out}: the fine-tuned model's weights were not written")
+
+
 def _saved_name(param_name: str) -> str:
     # peft saves "base_model.model.x.lora_A.weight" for the parameter "...lora_A.default.weight"
     return param_name.replace(".default", "")
@@ -152,16 +169,35 @@ def run_training(
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    path = Path(data_path or cfg.data.path or latest_data())
+    from transformers import AutoConfig
+
+    given = data_path or cfg.data.path
+    # Raw text alone (e.g. a repository's code for FIM) needs no instruction file.
+    path = Path(given) if given else (None if cfg.data.raw_text else latest_data())
     out = Path(output_dir or cfg.training.get("output_dir") or default_output_dir(path))
     base = resolve_model(cfg.model.name_or_path, cfg.model.gguf_file)
     tokenizer = load_tokenizer(base)
     train_ds, eval_ds, data_stats = build_datasets(cfg.data, tokenizer, path)
+    fim_note = ""
+    if "fim" in data_stats:
+        rows = {**data_stats["train"].get("fim", {})}
+        for mode, n in data_stats.get("raw_text", {}).get("fim", {}).items():
+            rows[mode] = rows.get(mode, 0) + n
+        fim_note = f"; FIM rows {rows} with {data_stats['fim']['family']} sentinels"
     print(
-        f"data: {path}: {len(train_ds)} train / {len(eval_ds) if eval_ds else 0} validation examples "
-        f"(truncated {data_stats['train']['truncated']}, dropped {data_stats['train']['dropped']})",
+        f"data: {path or cfg.data.raw_text}: {len(train_ds)} train / "
+        f"{len(eval_ds) if eval_ds else 0} validation examples "
+        f"(truncated {data_stats['train']['truncated']}, dropped {data_stats['train']['dropped']})"
+        f"{fim_note}",
         flush=True,
     )
+    overrides = config_overrides(
+        cfg.model,
+        cfg.data.max_length,
+        AutoConfig.from_pretrained(base, trust_remote_code=cfg.model.trust_remote_code),
+    )
+    if overrides:
+        print(f"model config overrides: {json.dumps(overrides)}", flush=True)
     torch_dtype = resolve_dtype(cfg.model.dtype, "auto", cfg.model.quantization)
     # The arguments come first: under DeepSpeed ZeRO-3 they must exist before the model is
     # built so that from_pretrained shards the weights as it loads them.
@@ -172,6 +208,8 @@ def run_training(
         quantization=cfg.model.quantization,
         attn_implementation=cfg.model.attn_implementation,
         trust_remote_code=cfg.model.trust_remote_code,
+        config_overrides=overrides or None,
+        sharded=bool(args.fsdp or args.deepspeed),
     )
     # Packed rows are recognised from position_ids only when no KV cache is built (training).
     model.config.use_cache = False
@@ -203,10 +241,14 @@ def run_training(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=lora_config(cfg.lora),
+        peft_config=lora_config(cfg.lora) if cfg.method == "lora" else None,
         callbacks=[Record()],
     )
-    trainer.model.print_trainable_parameters()
+    if cfg.method == "lora":
+        trainer.model.print_trainable_parameters()
+    else:
+        n_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        print(f"full fine-tune: {n_params:,} trainable parameters", flush=True)
     initial = {
         _saved_name(n): p.detach().cpu().clone()
         for n, p in trainer.model.named_parameters()
@@ -220,7 +262,12 @@ def run_training(
     # matmuls in half precision on fp32 master weights, so the cast buys nothing while training.
     mixed = bool(args.bf16 or args.fp16)
     t0 = time.perf_counter()
-    with disable_input_dtype_casting(trainer.model, active=mixed):
+    casting = (
+        disable_input_dtype_casting(trainer.model, active=mixed)
+        if cfg.method == "lora"
+        else contextlib.nullcontext()
+    )
+    with casting:
         result = trainer.train(resume_from_checkpoint=resume)
         if eval_ds is not None and (not evals or evals[-1][0] != trainer.state.global_step):
             trainer.evaluate()
@@ -230,7 +277,11 @@ def run_training(
     if not trainer.is_world_process_zero():  # other ranks of a multi-GPU run are done here
         return trainer, {}
     tokenizer.save_pretrained(str(out))
-    n_tensors = check_adapter(out, initial)
+    if cfg.method == "lora":
+        n_tensors = check_adapter(out, initial)
+    else:
+        check_full_model(out)
+        n_tensors = 0
     fmt = prompt_format_dict(cfg.data)
     if fmt["format"] == "alpaca":
         from pipeline.prompts import load
@@ -239,6 +290,11 @@ def run_training(
         fmt["template_no_input"] = load("alpaca_no_input").template
     fmt.update(model_reference(cfg.model.name_or_path, cfg.model.gguf_file))
     fmt["max_length"] = cfg.data.max_length
+    fmt["method"] = cfg.method
+    if "fim" in data_stats:
+        fmt["fim"] = {**data_stats["fim"], "spm_rate": cfg.data.fim.spm_rate}
+    if overrides:
+        fmt["model_config"] = overrides
     write_prompt_format(out, fmt)
 
     summary = {

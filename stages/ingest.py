@@ -1,440 +1,427 @@
-"""Ingest helpers: which files of a repository or docs folder become training data, and how.
+"""The ingest stages: conversations made from a repository or docs folder, under the stage
+contract (:mod:`stages.base`). No file is read here: the walk (``pipeline/walk.py``) hands in
+:class:`stages.sources.Document` values and commits, the LLM comes in as a ``llm`` stream and
+prompt rendering as ``render``.
 
-Pure functions over paths, bytes and text; no file is opened here (``pipeline/ingest.py`` walks
-and reads). What each part decides:
+- :class:`IngestConfig`: the ``ingest:`` section of the pipeline config.
+- :func:`chunk_document` and :func:`raw_records`: each document cut into chunks of at most
+  ``max_tokens_per_chunk`` tokens, path header included: the ``raw_text.jsonl`` rows
+  (``{"text", "source"}``) for continued pre-training.
+- Stage ``generate``, where the conversations are born: :func:`recall_records` (one "show me
+  <path> as of <date>" conversation per chunk, whose answer is the chunk itself), the commits
+  that :func:`commit_records` let through, and :func:`parse_qa_replies` over the model's answers
+  to :func:`qa_requests` (question/answer pairs about each document).
+- Stage ``git_log`` (:func:`commit_records`): commits into "Summarise commit X" conversations.
+- Stage ``ground`` (:func:`run_grounding`, rule :func:`check`): QA pairs whose answers the text
+  the model was shown supports.
+- :func:`verbatim_filter`: the filter rules that apply to file-recall and commit records.
 
-* :func:`classify_path` / :func:`classify_content`: the reason a file is skipped, or None.
-  Reasons: ``vendored`` (node_modules/, vendor/, .venv/...), ``generated`` (dist/, build/,
-  ``*.min.js``, lock files, ``*_pb2.py``, a code generator's banner in the first lines), ``secret_file``
-  (.env, private-key and credential files by name), ``binary`` (a NUL byte), ``undecodable``
-  (not UTF-8), ``empty``, ``secret`` (a credential found in the text; detail names its kind and
-  line, never its value), ``not_a_document`` (docs kind: not Markdown/text/reST/HTML).
-* :func:`find_secrets`: private-key blocks, AWS key ids and secret keys, GitHub, OpenAI-style
-  ``sk-``, Slack, Stripe and Google keys, JWTs, ``password = "..."``-style assignments, and
-  high-entropy tokens. A file with any hit is skipped whole rather than redacted: a redacted file
-  is a wrong answer to "show me this file", and where one credential sits others usually do.
-* :func:`chunk_lines`: cut a text at line boundaries into chunks of at most ``max_tokens``
-  tokens of a given counter (an overlong line is cut inside).
-* :func:`html_to_text`: HTML page to plain text with the standard library's ``html.parser``.
-* :func:`parse_qa`: question/answer pairs out of a model reply (numbered, ``Q:``/``A:``,
-  markdown-decorated, merged).
-* :func:`check`: the groundedness rule for a generated QA record against its source text; reason
-  ``ungrounded_answer`` (an identifier or number of the answer is absent from the source, or too
-  few of its content words occur there) and ``secret_in_output`` (a generated text that looks
-  like a credential; a last line of defence, since secret files never reach the model).
-  :func:`run_grounding` is the stage loop over records.
+Records: ``id`` (``f<doc>-<chunk>``, ``c<commit>``, ``q<doc>-<pair>``: stable across reruns),
+``instruction``, ``input`` (""), ``output``, ``meta``: ``kind`` (``file_recall`` | ``commit`` |
+``qa``); recall: ``source``, ``lines``, ``snapshot``; commit: ``commit``, ``date``; QA:
+``source``, ``template``, ``model``, ``request_id``, ``finish_reason``, ``usage``, ``cached``,
+``request``.
+
+Reject reasons. ``generate``: the failed request's kind (``request_failed``,
+``budget_exhausted``; the error kept), ``unparseable_reply`` (no pair found; raw text kept),
+``missing_output`` (a question without an answer), ``truncated_generation`` (the last pair of a
+reply cut by the length limit). ``git_log``: ``secret`` (a credential in the subject, body or
+diffstat; detail names its kind and line, never its value). ``ground``: ``ungrounded_answer`` (an
+identifier or number of the answer is absent from the source, or too few of its content words
+occur there; detail ``missing``, ``support``) and ``secret_in_output`` (a generated text that
+looks like a credential: a last line of defence, since secret files never reach the model).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import random
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from html.parser import HTMLParser
+from datetime import date, datetime
 from pathlib import PurePosixPath
 
-from stages.base import StageStats
+from stages.base import Failure, Render, Request, Response, StageStats, help_field
+from stages.filters import FilterConfig
+from stages.sources import Document, chunk_lines, find_secrets
 
+_help = help_field
+
+KINDS = ("repo", "docs")
 REASON_UNGROUNDED = "ungrounded_answer"
 REASON_SECRET_OUTPUT = "secret_in_output"
-
-# -- file classification ----------------------------------------------------------------------
-
-VENDORED_DIRS = frozenset(
-    {"node_modules", "vendor", "third_party", "bower_components", ".venv", "venv",
-     "site-packages", "Pods", ".yarn", "jspm_packages"}
-)  # fmt: skip
-GENERATED_DIRS = frozenset(
-    {"dist", "build", "target", "__pycache__", ".next", ".nuxt", ".tox", ".nox", ".mypy_cache",
-     ".pytest_cache", ".ruff_cache", ".hypothesis", ".gradle", "coverage", "htmlcov",
-     ".eggs", ".git", ".svn", ".hg", ".cache"}
-)  # fmt: skip
-LOCK_FILES = frozenset(
-    {"package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock",
-     "Pipfile.lock", "uv.lock", "Cargo.lock", "Gemfile.lock", "composer.lock", "go.sum",
-     "flake.lock", "mix.lock", "pdm.lock", "bun.lockb", "packages.lock.json"}
-)  # fmt: skip
-GENERATED_SUFFIXES = (
-    ".min.js",
-    ".min.css",
-    ".js.map",
-    ".css.map",
-    ".map",
-    ".pyc",
-    ".pyo",
-    ".so",
-    ".o",
-    ".a",
-    ".dll",
-    ".dylib",
-    ".exe",
-    ".class",
-    ".jar",
-    "_pb2.py",
-    "_pb2_grpc.py",
-    ".pb.go",
-    ".pb.h",
-    ".pb.cc",
-    ".lock",
-)
-SECRET_FILE_NAMES = frozenset(
-    {".env", ".npmrc", ".pypirc", ".netrc", "_netrc", ".git-credentials", ".htpasswd",
-     "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "credentials", ".dockercfg",
-     "secrets.yml", "secrets.yaml", "secrets.json"}
-)  # fmt: skip
-SECRET_FILE_SUFFIXES = (
-    ".pem",
-    ".key",
-    ".p12",
-    ".pfx",
-    ".jks",
-    ".keystore",
-    ".kdbx",
-    ".ppk",
-    ".gpg",
-    ".asc",
-    ".ovpn",
-    ".tfstate",
-    ".tfvars",
-)
-# .env.example and friends are templates meant to be committed: their content is scanned instead.
-ENV_TEMPLATES = (".example", ".sample", ".template", ".dist", ".defaults")
-DOC_SUFFIXES = (".md", ".markdown", ".mdx", ".txt", ".rst", ".adoc", ".html", ".htm", "")
-
-# Banners tools write at the top of files no person should edit (and no model should learn as
-# hand-written code): protoc, go generate, Bazel, Thrift, OpenAPI generators, autotools.
-_GENERATED_BANNER = re.compile(
-    r"@generated\b|\bDO NOT EDIT\b|\bCode generated by\b"
-    r"|(?i:\bthis file (?:is|was|has been) (?:automatically|auto-?)generated\b)"
-    r"|(?i:\bautomatically generated by\b)|\bAutogenerated by\b|\bGenerated by Django\b"
-)
-
-
-def classify_path(path: str, *, kind: str = "repo") -> tuple[str | None, dict]:
-    """(reason, detail) to skip ``path`` (POSIX, relative to the root) by its name alone."""
-    p = PurePosixPath(path)
-    parts = p.parts
-    for part in parts[:-1]:
-        if part in VENDORED_DIRS:
-            return "vendored", {"dir": part}
-        if part in GENERATED_DIRS or part.endswith(".egg-info"):
-            return "generated", {"dir": part}
-    name = p.name
-    lower = name.lower()
-    if lower == ".env" or (lower.startswith(".env.") and not lower.endswith(ENV_TEMPLATES)):
-        return "secret_file", {"rule": "dotenv"}
-    if lower in SECRET_FILE_NAMES or lower.endswith(SECRET_FILE_SUFFIXES):
-        return "secret_file", {"rule": "credential_file_name"}
-    if name in LOCK_FILES:
-        return "generated", {"rule": "lock_file"}
-    if lower.endswith(GENERATED_SUFFIXES):
-        return "generated", {"rule": "generated_suffix"}
-    if kind == "docs" and (name.startswith(".") or p.suffix.lower() not in DOC_SUFFIXES):
-        return "not_a_document", {"suffix": p.suffix}
-    return None, {}
-
-
-def decode(data: bytes) -> tuple[str | None, str | None]:
-    """(text, None) for UTF-8 text; (None, ``binary`` | ``undecodable``) otherwise."""
-    if b"\x00" in data[:65536] or b"\x00" in data:
-        return None, "binary"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, "undecodable"
-    return text.removeprefix("\ufeff"), None
-
-
-def classify_content(
-    text: str, *, entropy_threshold: float = 4.0, entropy_min_length: int = 32
-) -> tuple[str | None, dict]:
-    """(reason, detail) to skip a decoded file by its content: generated, empty or secret."""
-    if not text.strip():
-        return "empty", {}
-    head = "\n".join(text[:2048].splitlines()[:8])
-    if _GENERATED_BANNER.search(head):
-        return "generated", {"rule": "banner"}
-    hits = find_secrets(
-        text, entropy_threshold=entropy_threshold, entropy_min_length=entropy_min_length
-    )
-    if hits:
-        return "secret", {"findings": [{"kind": h.kind, "line": h.line} for h in hits[:20]]}
-    return None, {}
-
-
-# -- secrets ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SecretHit:
-    """Where a credential was found: its kind and 1-based line. The value is never kept, so a
-    report or log built from hits cannot leak it."""
-
-    kind: str
-    line: int
-
-
-_SECRET_PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("private_key", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")),
-    (
-        "aws_access_key_id",
-        re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"),
-    ),
-    (
-        "aws_secret_access_key",
-        re.compile(r"(?i)aws_?secret_?(?:access_?)?key\W{0,4}[:=]\s*[\"']?[A-Za-z0-9/+=]{40}\b"),
-    ),
-    ("github_token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,})")),
-    # OpenAI/Anthropic-style keys: sk-, sk-proj-, sk-ant-...; a digit is required so that
-    # hyphenated prose ("sk-learn-style-...") is not taken for a key.
-    ("api_key_sk", re.compile(r"\bsk-(?=[A-Za-z0-9_-]{20,})(?=[A-Za-z_-]*\d)[A-Za-z0-9_-]{20,}")),
-    ("slack_token", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}")),
-    ("stripe_key", re.compile(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}")),
-    ("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}")),
-    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")),
-    (
-        "password_assignment",
-        re.compile(
-            # The keyword ends the key (db_password, "client_secret"): api_key_env is no secret.
-            r"(?i)(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token"
-            r"|auth[_-]?token|private[_-]?key|client[_-]?secret)[\"']?\s*(?::=|[:=])\s*"
-            r"(?P<q>[\"'])(?P<value>[^\"'\s]{6,})(?P=q)"
-        ),
-    ),
-]
-# Values of a password-style assignment that are obviously not credentials.
-_PLACEHOLDER = re.compile(
-    r"^(?:\$\{.*\}|\$\(.*\)|\{\{.*\}\}|<.*>|%\(.*\)s|\*+|x{3,}|\.{3,}|-+"
-    r"|(?:your|my|example|dummy|fake|placeholder|changeme|redacted|none|null|todo)[\w.-]*)$",
-    re.IGNORECASE,
-)
-_TOKEN = re.compile(r"[A-Za-z0-9+/_=-]{16,}")
-
-
-def shannon_entropy(text: str) -> float:
-    """Bits per character of ``text``'s own character distribution."""
-    if not text:
-        return 0.0
-    n = len(text)
-    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
-
-
-def _high_entropy(token: str, threshold: float, min_length: int) -> bool:
-    # Random API secrets mix upper case, lower case and digits; identifiers, words joined by
-    # underscores, paths and hex digests (commit ids, checksums) do not, and are left alone.
-    if len(token) < min_length:
-        return False
-    if not (
-        any(c.isupper() for c in token)
-        and any(c.islower() for c in token)
-        and any(c.isdigit() for c in token)
-    ):
-        return False
-    return shannon_entropy(token) >= threshold
-
-
-def find_secrets(
-    text: str, *, entropy_threshold: float = 4.0, entropy_min_length: int = 32
-) -> list[SecretHit]:
-    """Every credential-looking thing in ``text``, as (kind, line); empty when clean."""
-    hits: list[SecretHit] = []
-    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def line_of(pos: int) -> int:
-        lo, hi = 0, len(line_starts)
-        while lo + 1 < hi:
-            mid = (lo + hi) // 2
-            if line_starts[mid] <= pos:
-                lo = mid
-            else:
-                hi = mid
-        return lo + 1
-
-    seen: set[tuple[str, int]] = set()
-
-    def add(kind: str, pos: int) -> None:
-        key = (kind, line_of(pos))
-        if key not in seen:
-            seen.add(key)
-            hits.append(SecretHit(*key))
-
-    for kind, pattern in _SECRET_PATTERNS:
-        for m in pattern.finditer(text):
-            if kind == "password_assignment" and _PLACEHOLDER.match(m.group("value")):
-                continue
-            add(kind, m.start())
-    if entropy_threshold > 0:
-        for m in _TOKEN.finditer(text):
-            if _high_entropy(m.group(0), entropy_threshold, entropy_min_length):
-                add("high_entropy_token", m.start())
-    hits.sort(key=lambda h: (h.line, h.kind))
-    return hits
-
-
-# -- HTML -------------------------------------------------------------------------------------
-
-_BLOCK_TAGS = frozenset(
-    {"p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article", "header", "footer",
-     "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "dt", "dd", "hr", "title", "nav",
-     "main", "aside", "figure", "figcaption", "details", "summary"}
-)  # fmt: skip
-_HIDDEN_TAGS = frozenset({"script", "style", "noscript", "template", "svg", "head"})
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.hidden = 0
-        self.pre = 0
-        self.title: list[str] = []
-        self.in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag == "title":
-            self.in_title = True
-        if tag in _HIDDEN_TAGS:
-            self.hidden += 1
-        if tag == "pre":
-            self.pre += 1
-        if tag == "li":
-            self.parts.append("\n- ")
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-        if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
-            self.parts.append("#" * int(tag[1]) + " ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self.in_title = False
-        if tag in _HIDDEN_TAGS and self.hidden:
-            self.hidden -= 1
-        if tag == "pre" and self.pre:
-            self.pre -= 1
-        if tag in _BLOCK_TAGS and tag != "li":
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self.in_title:
-            self.title.append(data)
-        if self.hidden:
-            return
-        if not self.pre:
-            data = re.sub(r"\s+", " ", data)
-            if not self.parts or self.parts[-1].endswith(("\n", "- ", "# ")):
-                data = data.lstrip()
-        self.parts.append(data)
-
-
-def html_to_text(html: str) -> str:
-    """Visible text of an HTML page: scripts, styles and <head> dropped, block elements on their
-    own lines, headings as Markdown ``#``, list items as ``- ``, <pre> kept verbatim."""
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    text = "".join(parser.parts)
-    out: list[str] = []
-    for ln in (ln.rstrip() for ln in text.splitlines()):
-        if not ln and (not out or not out[-1]):
-            continue
-        out.append(ln)
-    return "\n".join(out).strip() + "\n"
-
-
-# -- token counting and chunking --------------------------------------------------------------
-
-_APPROX_TOKEN = re.compile(r"[A-Za-z]+|\d|[^\sA-Za-z\d]")
-
-
-def approx_token_count(text: str) -> int:
-    """A tokenizer-free estimate of a BPE token count: a letter run is one token per 6 letters
-    (rounded up), each digit and each punctuation mark one token. On this project's files it
-    counts 1.0 to 1.2 times what SmolLM2's BPE tokenizer counts (12% more overall), so chunks
-    err on the short side."""
-    n = 0
-    for m in _APPROX_TOKEN.finditer(text):
-        s = m.group(0)
-        n += (len(s) + 5) // 6 if s[0].isalpha() else 1
-    return n
+REASON_SECRET_COMMIT = "secret"
 
 
 @dataclass
-class Chunk:
-    """Lines ``first_line``..``last_line`` (1-based, inclusive) of a text, and their text."""
+class IngestConfig:
+    kind: str = _help(
+        "repo (a code checkout) | docs (a folder of Markdown/text/HTML pages)", "repo"
+    )
+    name: str = _help(
+        "name of the repository or wiki used in instructions; empty = the folder name", ""
+    )
+    max_tokens_per_chunk: int = _help(
+        "tokens per raw-text chunk and per file-recall answer, path header included", 8192
+    )
+    tokenizer: str = _help(
+        "target tokenizer for counting: a HF tokenizer name or directory, a .gguf file, or 'smollm2' "
+        "(the bundled model's); empty = tokenizer-free estimate (letter runs / 6, digits and "
+        "punctuation one each; about 1.1x a BPE count)",
+        "",
+    )
+    max_files: int = _help(
+        "use at most this many files (in path order, after skipping); 0 = all", 0
+    )
+    max_file_bytes: int = _help("skip files larger than this (too_large)", 1_000_000)
+    qa_per_doc: int = _help(
+        "question/answer pairs asked for per file or page; 0 = no model calls", 3
+    )
+    qa_context_tokens: int = _help(
+        "tokens of a document shown to the model for its QA pairs (its first chunk of this size; "
+        "capped to fit the embedded server's context)",
+        1024,
+    )
+    qa_max_tokens: int = _help("completion tokens per QA request", 320)
+    qa_temperature: float = _help("sampling temperature of QA requests", 0.7)
+    min_answer_support: float = _help(
+        "share of an answer's content words that must occur in its source (ungrounded_answer); "
+        "identifiers and numbers must all occur",
+        0.75,
+    )
+    file_recall: bool = _help(
+        "add one 'show the contents of <path> as of <date>' conversation per chunk", True
+    )
+    include_git_log: bool = _help(
+        "add 'Summarise commit X' pairs from git log (subject, body, diffstat)", False
+    )
+    git_log_max: int = _help("most recent commits used when include_git_log is on", 50)
+    seed: int = _help(
+        "seed of the validation split (export.validation_fraction) and of instruction phrasing",
+        42,
+    )
+    # YAML reads an unquoted 2024-05-01 as a date: accepted, and kept as its ISO string.
+    snapshot_date: str | date = _help(
+        "date put in file-recall pairs (YYYY-MM-DD); empty = last commit date, else today (UTC)", ""
+    )
+    exclude: list[str] = _help("extra gitignore-style patterns to skip (excluded)", factory=list)
+    entropy_threshold: float = _help(
+        "bits per character from which a long mixed-case token counts as a secret; 0 = off", 4.0
+    )
+    entropy_min_length: int = _help("shortest token checked for entropy", 32)
 
-    first_line: int
-    last_line: int
-    text: str
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"ingest.kind={self.kind!r}: use 'repo' or 'docs'")
+        if self.max_tokens_per_chunk < 64:
+            raise ValueError(
+                f"ingest.max_tokens_per_chunk={self.max_tokens_per_chunk!r}: must be at least 64"
+            )
+        for name in ("max_files", "qa_per_doc", "git_log_max"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ingest.{name}={getattr(self, name)!r}: must be 0 or more")
+        if self.max_file_bytes < 1:
+            raise ValueError(f"ingest.max_file_bytes={self.max_file_bytes!r}: must be positive")
+        if self.qa_context_tokens < 32:
+            raise ValueError(
+                f"ingest.qa_context_tokens={self.qa_context_tokens!r}: must be at least 32"
+            )
+        if self.qa_max_tokens < 16:
+            raise ValueError(f"ingest.qa_max_tokens={self.qa_max_tokens!r}: must be at least 16")
+        if not 0.0 <= self.min_answer_support <= 1.0:
+            raise ValueError(
+                f"ingest.min_answer_support={self.min_answer_support!r}: must be in [0, 1]"
+            )
+        if isinstance(self.snapshot_date, date) and not isinstance(self.snapshot_date, datetime):
+            self.snapshot_date = self.snapshot_date.isoformat()
+        if not isinstance(self.snapshot_date, str):
+            raise ValueError(f"ingest.snapshot_date={self.snapshot_date!r}: use YYYY-MM-DD")
+        if self.snapshot_date:
+            try:
+                datetime.strptime(self.snapshot_date, "%Y-%m-%d")
+            except ValueError:
+                raise ValueError(
+                    f"ingest.snapshot_date={self.snapshot_date!r}: use YYYY-MM-DD"
+                ) from None
+        if not all(isinstance(p, str) for p in self.exclude):
+            raise ValueError(
+                f"ingest.exclude={self.exclude!r}: must be a list of gitignore-style patterns"
+            )
 
 
-def _split_long_line(line: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
-    """Cut one line longer than the budget into pieces that fit (by binary search on length)."""
-    pieces: list[str] = []
-    rest = line
-    while rest:
-        if count(rest) <= max_tokens:
-            pieces.append(rest)
-            break
-        lo, hi = 1, len(rest)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if count(rest[:mid]) <= max_tokens:
-                lo = mid
-            else:
-                hi = mid - 1
-        pieces.append(rest[:lo])
-        rest = rest[lo:]
-    return pieces
+# -- raw text ---------------------------------------------------------------------------------
 
 
-def chunk_lines(
-    text: str, max_tokens: int, count: Callable[[str], int] = approx_token_count
-) -> list[Chunk]:
-    """Chunks of whole lines, each of at most ``max_tokens`` by ``count``; a line longer than
-    that alone is cut inside. Joining the chunks' texts gives ``text`` back exactly."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens={max_tokens!r}: must be at least 1")
-    lines = text.splitlines(keepends=True)
-    chunks: list[Chunk] = []
-    buf: list[str] = []
-    buf_tokens = 0
-    first = 1
+def _one_line(render: Render, name: str, **variables: object) -> str:
+    return render(name, **variables).strip("\n")
 
-    def flush(last: int) -> None:
-        nonlocal buf, buf_tokens, first
-        if buf:
-            body = "".join(buf)
-            # Counts of separate lines need not add up exactly under BPE: verify the whole.
-            if count(body) > max_tokens and len(buf) > 1:
-                half = len(buf) // 2
-                left, right = buf[:half], buf[half:]
-                buf = left
-                flush(first + half - 1)
-                first = last - len(right) + 1
-                buf = right
-                flush(last)
-                return
-            chunks.append(Chunk(first, last, body))
-        buf, buf_tokens, first = [], 0, last + 1
 
-    for i, line in enumerate(lines, 1):
-        n = count(line)
-        if n > max_tokens:
-            flush(i - 1)
-            for piece in _split_long_line(line, max_tokens, count):
-                chunks.append(Chunk(i, i, piece))
-            first = i + 1
+def _part_label(doc: Document, i: int, render: Render) -> str:
+    if len(doc.chunks) == 1:
+        return ""
+    c = doc.chunks[i]
+    return _one_line(
+        render,
+        "ingest_recall_part",
+        first=c.first_line,
+        last=c.last_line,
+        part=i + 1,
+        parts=len(doc.chunks),
+    )
+
+
+def chunk_document(
+    doc: Document, max_tokens: int, count: Callable[[str], int], render: Render, repo: str
+) -> Document:
+    """``doc`` with its token count and its chunks, each small enough that it fits
+    ``max_tokens`` together with the longest path header a chunk can get."""
+    longest_part = " (lines 100000-100000, part 1000 of 1000)"
+    header = _one_line(render, "ingest_raw_header", repo=repo, path=doc.path, part=longest_part)
+    budget = max(16, max_tokens - count(header) - 4)
+    return dataclasses.replace(
+        doc, tokens=count(doc.text), chunks=chunk_lines(doc.text, budget, count)
+    )
+
+
+def raw_records(doc: Document, repo: str, render: Render) -> Iterator[dict]:
+    """The ``raw_text.jsonl`` rows of a chunked document: each chunk under its path header."""
+    for i, c in enumerate(doc.chunks):
+        part = _part_label(doc, i, render)
+        header = _one_line(render, "ingest_raw_header", repo=repo, path=doc.path, part=part)
+        yield {"text": f"{header}\n\n{c.text}", "source": doc.path}
+
+
+# -- stage generate: records made without the model -------------------------------------------
+
+
+def keep_all(records: Iterable[dict], stats: StageStats) -> list[dict]:
+    """Records born whole (file recall, commits), each kept as it is born: there is nothing in
+    them to reject before the filter stage."""
+    return [stats.keep(rec) for rec in records]
+
+
+def recall_records(
+    docs: Iterable[Document], *, repo: str, date: str, what: str, seed: int, render: Render
+) -> Iterator[dict]:
+    """One "show me this file as of <date>" conversation per chunk of each chunked document;
+    the instruction's phrasing is drawn per file from a seeded RNG."""
+    phrasings = [
+        ln
+        for ln in render(
+            "ingest_recall_instruction", path="${path}", repo=repo, date=date, what=what
+        ).splitlines()
+        if ln.strip()
+    ]
+    for index, doc in enumerate(docs):
+        rng = random.Random(f"{seed}:recall:{doc.path}")
+        for i, c in enumerate(doc.chunks):
+            part = _part_label(doc, i, render)
+            instruction = rng.choice(phrasings).replace("${path}", doc.path)
+            if part:
+                instruction = (
+                    instruction.rstrip(".?") + part + ("?" if instruction.endswith("?") else ".")
+                )
+            prefix = _one_line(
+                render, "ingest_recall_answer", date=date, path=doc.path, repo=repo, part=part
+            )
+            yield {
+                "id": f"f{index}-{i}",
+                "instruction": instruction,
+                "input": "",
+                "output": f"{prefix}\n\n{c.text}",
+                "meta": {
+                    "kind": "file_recall",
+                    "source": doc.path,
+                    "lines": [c.first_line, c.last_line],
+                    "snapshot": date,
+                },
+            }
+
+
+def commit_records(
+    commits: Iterable[dict], *, repo: str, render: Render, stats: StageStats
+) -> Iterator[dict]:
+    """Stage ``git_log``: each commit (``sha``, ``date``, ``subject``, ``body``, ``stat``) as a
+    "Summarise commit X" conversation, or dropped as ``secret`` when its text holds a
+    credential. The dropped record carries the commit's id and short hash only, never its text."""
+    for c in stats.admit({"id": f"c{i}", **c} for i, c in enumerate(commits)):
+        short = c["sha"][:10]
+        hits = find_secrets("\n".join((c["subject"], c["body"], c["stat"])))
+        if hits:
+            findings = [{"kind": h.kind, "line": h.line} for h in hits[:20]]
+            stats.drop(
+                {"id": c["id"], "path": f"commit:{short}"}, REASON_SECRET_COMMIT, findings=findings
+            )
             continue
-        if buf and buf_tokens + n > max_tokens:
-            flush(i - 1)
-        if not buf:
-            first = i
-        buf.append(line)
-        buf_tokens += n
-    flush(len(lines))
-    return chunks
+        answer = render(
+            "ingest_commit_answer",
+            short=short,
+            date=c["date"],
+            subject=c["subject"],
+            body=c["body"],
+            stat=c["stat"],
+        )
+        answer = "\n\n".join(p.strip("\n") for p in answer.split("\n\n") if p.strip())
+        yield stats.keep(
+            {
+                "id": c["id"],
+                "instruction": _one_line(
+                    render, "ingest_commit_instruction", short=short, repo=repo
+                ),
+                "input": "",
+                "output": answer,
+                "meta": {"kind": "commit", "commit": c["sha"], "date": c["date"]},
+            }
+        )
+
+
+# -- stage generate: question/answer pairs ----------------------------------------------------
+
+
+def qa_context_budget(cfg: IngestConfig, context: int | None = None) -> int:
+    """Tokens of a document shown in its QA request: ``qa_context_tokens``, and where the
+    server's context length is known (the embedded server's), few enough that the prompt, the
+    document and the answer fit in it. Our counts run a little above the model's own, and the
+    200 tokens for the prompt's own text leave a margin."""
+    budget = cfg.qa_context_tokens
+    if context:
+        budget = min(budget, context - cfg.qa_max_tokens - 200)
+    return max(32, budget)
+
+
+def qa_excerpts(
+    docs: Iterable[Document], budget: int, count: Callable[[str], int]
+) -> dict[str, str]:
+    """Path -> the part of the document the model is shown: its first chunk of ``budget``."""
+    return {d.path: chunk_lines(d.text, budget, count)[0].text for d in docs}
+
+
+def shown_sources(excerpts: Mapping[str, str], repo: str) -> dict[str, str]:
+    """Path -> what the model was shown of it, which its answers are checked against: the
+    excerpt, and the repository name and the path (answers may use them too)."""
+    return {path: f"{repo}\n{path}\n{text}" for path, text in excerpts.items()}
+
+
+def qa_requests(
+    excerpts: Mapping[str, str],
+    cfg: IngestConfig,
+    render: Render,
+    api: str,
+    *,
+    repo: str,
+    what: str,
+    top_p: float,
+) -> Iterator[Request]:
+    """One request per document (in ``excerpts`` order) for ``qa_per_doc`` pairs about it. A
+    completion prompt ends inside the first pair, so its reply is parsed with that label in
+    front; a stop marker past the last asked-for pair keeps a base-style model from going on."""
+    for i, (path, excerpt) in enumerate(excerpts.items()):
+        variables = {
+            "what": what,
+            "path": path,
+            "repo": repo,
+            "document": excerpt.rstrip("\n"),
+            "count": cfg.qa_per_doc,
+        }
+        params = {
+            "temperature": cfg.qa_temperature,
+            "top_p": top_p,
+            "max_tokens": cfg.qa_max_tokens,
+            "seed": cfg.seed * 100003 + i,
+        }
+        if api == "completion":
+            template, prefix = "ingest_qa_completion", "Question 1:"
+            params["stop"] = [f"Question {cfg.qa_per_doc + 1}", "\n--- "]
+            text = render(template, **variables).rstrip()
+            req = Request(kind="qa", prompt=text, params=params, sample=i, api="completion")
+        else:
+            template, prefix = "ingest_qa_chat", ""
+            text = render(template, **variables)
+            req = Request(
+                kind="qa",
+                messages=[{"role": "user", "content": text}],
+                params=params,
+                sample=i,
+                api="chat",
+            )
+        req.tag = {"index": i, "source": path, "prefix": prefix, "template": template}
+        yield req
+
+
+def qa_instruction(question: str, path: str, repo: str, render: Render) -> str:
+    """The question as asked in training: it names the file unless it already does."""
+    if path in question or PurePosixPath(path).name in question:
+        return question
+    return _one_line(render, "ingest_qa_instruction", path=path, repo=repo, question=question)
+
+
+def parse_qa_replies(
+    answers: Iterable[tuple[Request, Response | Failure]],
+    stats: StageStats,
+    *,
+    qa_per_doc: int,
+    repo: str,
+    render: Render,
+) -> Iterator[dict]:
+    """Stage ``generate``, QA part: each reply to :func:`qa_requests` parsed into at most
+    ``qa_per_doc`` records (a failed request is a rejected record with its error)."""
+    for req, resp in answers:
+        i, path = req.tag["index"], req.tag["source"]
+        if isinstance(resp, Failure):
+            meta = {"kind": "qa", "source": path, "request": i, "error": resp.error}
+            stats.drop({"id": f"q{i}", "meta": meta}, resp.kind)
+            continue
+        meta = {
+            "kind": "qa",
+            "source": path,
+            "template": req.tag["template"],
+            "model": resp.model,
+            "request_id": resp.request_id,
+            "finish_reason": resp.finish_reason,
+            "usage": {
+                "prompt_tokens": resp.prompt_tokens,
+                "completion_tokens": resp.completion_tokens,
+            },
+            "cached": resp.cached,
+            "request": i,
+        }
+        pairs = parse_qa(req.tag["prefix"] + resp.text)[:qa_per_doc]
+        if not pairs:
+            stats.drop({"id": f"q{i}", "meta": meta, "raw": resp.text}, "unparseable_reply")
+            continue
+        for j, (question, answer) in enumerate(pairs):
+            rec = {
+                "id": f"q{i}-{j}",
+                "instruction": qa_instruction(question, path, repo, render),
+                "input": "",
+                "output": answer or "",
+                "meta": meta,
+            }
+            if answer:
+                yield stats.keep(rec)
+            elif j == len(pairs) - 1 and resp.finish_reason == "length":
+                stats.drop(rec, "truncated_generation")
+            else:
+                stats.drop(rec, "missing_output")
+
+
+def verbatim_filter(cfg: FilterConfig) -> FilterConfig:
+    """The filter config for file-recall and commit records. A file is an answer as it stands:
+    it may end mid-sentence, hold prompt-like markers (this project's own templates do), mention
+    URLs or restate its path. Only the rules that judge data rather than prose apply."""
+    return dataclasses.replace(
+        cfg,
+        blocklist=[],
+        code_blocklist=[],
+        reject_unseen_references=False,
+        reject_truncated_outputs=False,
+        reject_template_leaks=False,
+        restatement_threshold=1.0,
+        reject_output_copies_input=False,
+        python_must_parse=False,
+        non_answer_patterns=[],
+    )
 
 
 # -- QA replies -------------------------------------------------------------------------------

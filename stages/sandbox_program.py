@@ -109,10 +109,10 @@ def cap(text: str, n: int = DETAIL_MAX) -> str:
 # Pure parts, shared with the host.
 # ---------------------------------------------------------------------------------------------
 
+# The sandbox's interpreter is the system python3, which may be older than the host's.
 _COMPOUND = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try, ast.Match)
+_COMPOUND += (getattr(ast, "TryStar", ast.Try),)
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
-if sys.version_info >= (3, 11):
-    _COMPOUND += (ast.TryStar,)
 
 
 def _holds_check(node: ast.AST) -> bool:
@@ -231,7 +231,9 @@ def _make_hook(token: bytes, report_fd: int, main_frame, lines: dict, trusted: t
     _RuntimeError, full = RuntimeError, slice(None)
     exact = str.__getitem__  # exact(s, full): a plain str copy of a str subclass
     pid = getpid()
-    report_line, held_line, done_line = (lines[e] for e in (_REPORT_EVENT, _HELD_EVENT, _DONE_EVENT))
+    report_line, held_line, done_line = (
+        lines[e] for e in (_REPORT_EVENT, _HELD_EVENT, _DONE_EVENT)
+    )
     report_event, held_event, done_event = _REPORT_EVENT, _HELD_EVENT, _DONE_EVENT
     blocked_exact = frozenset(
         {

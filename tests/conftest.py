@@ -1,8 +1,10 @@
-"""Shared fixtures: the embedded llama.cpp server (real model, real HTTP), started once."""
+"""Shared fixtures: the embedded llama.cpp server (real model, real HTTP), started once, and the
+gate of the tests that need a real sandbox (skip locally, fail on CI)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -23,3 +25,22 @@ def embedded_server():
 
     with EmbeddedServer("smollm2") as srv:
         yield srv
+
+
+def require_sandbox() -> None:
+    """Skip the calling test when no sandbox can be made here, or fail it on CI (``CI=true``):
+    there a missing bubblewrap is a broken machine, not a reason to test less."""
+    from stages import execution
+
+    why = execution.check_sandbox()
+    if why is None:
+        return
+    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI: the sandbox tests cannot run: {why}")
+    pytest.skip(f"no sandbox here: {why}")
+
+
+@pytest.fixture
+def sandbox_required() -> None:
+    """For tests that run code in a real sandbox: see :func:`require_sandbox`."""
+    require_sandbox()

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.rundir import EXPORT_KEPT, layout_for
 from pipeline.run import Run
+from pipeline.rundir import EXPORT_KEPT, layout_for
 from tests.fake_openai import FakeOpenAI, Reply, completion_body
 
 ROOT = Path(__file__).resolve().parent.parent

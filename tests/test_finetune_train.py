@@ -313,3 +313,69 @@ def test_smollm2_from_gguf_trains_a_few_steps(data, tmp_path):
     assert tok.pad_token_id == tok.eos_token_id  # SmolLM2: pad == EOS, and EOS is still learned
     row = trainer.train_dataset[0]
     assert row["labels"][-1] == tok.eos_token_id
+
+
+def test_rope_theta_round_trips_through_save_and_reload(tiny, data, tmp_path):
+    """Long-context fine-tuning: the RoPE base set for training is saved with the adapter and
+    set again when the adapter is loaded (and merged); without it the logits would differ."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune.merge import merge
+    from finetune.model import load_model, read_prompt_format
+    from finetune.train import run_training
+
+    cfg = cfg_for(
+        tiny,
+        "model.rope_theta=1000000",
+        "data.max_length=1024",  # over the tiny model's 512 positions: raised with the RoPE
+        "training.max_steps=4",
+        "data.validation_fraction=0",
+    )
+    out = tmp_path / "long"
+    trainer, _ = run_training(cfg, data, output_dir=out)
+    assert trainer.model.config.rope_parameters["rope_theta"] == 1_000_000.0
+    fmt = read_prompt_format(out)
+    assert fmt["model_config"]["rope_parameters"]["rope_theta"] == 1_000_000.0
+    assert fmt["model_config"]["max_position_embeddings"] == 1024
+
+    batch = probe_batch(trainer.processing_class)
+    live = trainer.model.eval()
+    expected = logits(live, {k: v.to(live.device) for k, v in batch.items()}).cpu()
+    reloaded, _ = load_model(None, str(out), dtype="fp32", device="cpu")
+    assert reloaded.config.rope_parameters["rope_theta"] == 1_000_000.0
+    assert reloaded.config.max_position_embeddings == 1024
+    torch.testing.assert_close(logits(reloaded, batch), expected, atol=1e-5, rtol=1e-5)
+
+    # Control: the same adapter on the base's own RoPE (10,000) gives other logits.
+    from peft import PeftModel
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    assert plain.config.rope_parameters["rope_theta"] == 10_000.0
+    plain = PeftModel.from_pretrained(plain, out).eval()
+    assert not torch.allclose(logits(plain, batch), expected, atol=1e-3)
+
+    merged = AutoModelForCausalLM.from_pretrained(
+        merge(out, tmp_path / "merged", dtype="fp32"), dtype=torch.float32
+    ).eval()
+    assert merged.config.rope_parameters["rope_theta"] == 1_000_000.0
+    torch.testing.assert_close(logits(merged, batch), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_rope_scaling_is_validated_and_applied(tiny, tmp_path):
+    from finetune.config import ConfigError
+    from finetune.model import config_overrides, load_base_model
+
+    with pytest.raises(ConfigError, match=r"model\.rope_scaling\.rope_type='spline'"):
+        cfg_for(tiny, "model.rope_scaling={rope_type: spline, factor: 2}")
+    with pytest.raises(ConfigError, match=r"model\.rope_theta=-1"):
+        cfg_for(tiny, "model.rope_theta=-1")
+    cfg = cfg_for(tiny, "model.rope_scaling={rope_type: linear, factor: 4}")
+    from transformers import AutoConfig
+
+    over = config_overrides(cfg.model, 128, AutoConfig.from_pretrained(tiny))
+    assert over == {
+        "rope_parameters": {"rope_theta": 10_000.0, "rope_type": "linear", "factor": 4}
+    }
+    model = load_base_model(tiny, dtype="fp32", device="cpu", config_overrides=over)
+    assert model.config.rope_parameters["rope_type"] == "linear"
+    assert config_overrides(cfg_for(tiny).model, 128, AutoConfig.from_pretrained(tiny)) == {}

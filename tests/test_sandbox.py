@@ -1,7 +1,10 @@
 """Threat tests for the sandbox: each runs hostile code through a real bubblewrap sandbox and then
 checks that the run finished with the expected status and that the host is unchanged: no
 process of the sandbox's uid left but the warm worker, no file written outside the scratch
-directory, nothing secret in the result."""
+directory, nothing secret in the result. Then the per-assert report (a candidate cannot add a
+held assert to it), and the pure parts of the host and the harness, which run without a sandbox.
+
+Tests that need a sandbox skip when none can be made here, and fail instead on CI (``CI=true``)."""
 
 from __future__ import annotations
 
@@ -15,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from stages import execution
+from stages import execution, sandbox_program
 from stages.execution import ExecResult, Sandbox, run_tests
+from tests.conftest import require_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cret-" + secrets.token_hex(8)
-
-pytestmark = pytest.mark.skipif(execution.check_sandbox() is not None, reason="no sandbox here")
 
 
 def uid_processes(uid: int | None) -> list[int]:
@@ -42,6 +44,7 @@ def uid_processes(uid: int | None) -> list[int]:
 
 @pytest.fixture(scope="module")
 def box():
+    require_sandbox()
     os.environ["VERIFY_TEST_SECRET"] = SECRET  # set in the parent: must never reach a candidate
     b = Sandbox(1)
     yield b
@@ -71,10 +74,14 @@ def host_markers(tmp_path):
 
 
 def run(
-    box: Sandbox, program: str, tests: str = "assert True\n", timeout: float = 3.0
+    box: Sandbox,
+    program: str,
+    tests: str = "assert True\n",
+    timeout: float = 3.0,
+    per_assert: bool = False,
 ) -> ExecResult:
     t0 = time.monotonic()
-    res = box.run(program, tests, timeout=timeout, memory_mb=256)
+    res = box.run(program, tests, timeout=timeout, memory_mb=256, per_assert=per_assert)
     assert time.monotonic() - t0 < timeout + 10, "the verify call did not finish in time"
     assert SECRET not in res.detail
     # Only the warm worker (outer bwrap, its init and the zygote) may remain, or nothing at all
@@ -284,6 +291,18 @@ CHEATS = {
         "while True:\n    pass\n"
     ),
     "code object": "def add(a, b):\n    return 0\nadd.__code__.replace(co_code=add.__code__.co_code)\n",
+    # The candidate shares the builtins module with the harness: these passed before the harness
+    # bound its builtins ahead of the candidate.
+    "builtins.exec no-op": "import builtins\nbuiltins.exec = lambda *a, **k: None\n",
+    "builtins.zip empty": "import builtins\nbuiltins.zip = lambda *a, **k: ()\n",
+    "rebind comparison helper": (
+        "def add(a, b):\n    g = globals()\n    for k in list(g):\n"
+        "        if k.startswith('_verify_cmp_'):\n            g[k] = lambda *x: True\n"
+        "    return 3 if (a, b) == (1, 2) else 0\n"
+    ),
+    "fork to try both answers": (
+        "import os\ndef add(a, b):\n    return a + b if os.fork() == 0 else a - b\n"
+    ),
 }
 
 
@@ -302,7 +321,7 @@ def test_honest_candidate_passes_and_details_are_short(box):
     assert "tests line 2" in res.detail and "-1 != 3" in res.detail
 
 
-def test_run_tests_contract_and_unsafe_mode():
+def test_run_tests_contract_and_unsafe_mode(sandbox_required):
     prog, tests = "def f():\n    return 41 + 1\n", "assert f() == 42\n"
     assert run_tests(prog, tests).status == "passed"
     assert run_tests(prog, tests, sandbox=False).status == "passed"
@@ -310,10 +329,9 @@ def test_run_tests_contract_and_unsafe_mode():
         run_tests("import os\ngetattr(os, '_e' + 'xit')(0)", tests, sandbox=False).status == "error"
     )
     assert run_tests("while True: pass", tests, timeout=1, sandbox=False).status == "timeout"
-    execution.close_all()
 
 
-def test_run_many_keeps_order():
+def test_run_many_keeps_order(sandbox_required):
     jobs = [
         (f"def f():\n    return {i}\n", f"assert f() == {i if i % 3 else -1}\n") for i in range(12)
     ]
@@ -321,9 +339,16 @@ def test_run_many_keeps_order():
     assert got == ["failed" if i % 3 == 0 else "passed" for i in range(12)]
 
 
-def test_unavailable_sandbox_is_refused(monkeypatch):
+@pytest.fixture
+def fresh_check():
+    """check_sandbox() asked again, and its answer for this test forgotten afterwards."""
+    execution.check_sandbox.cache_clear()
+    yield
+    execution.check_sandbox.cache_clear()
+
+
+def test_unavailable_sandbox_is_refused(monkeypatch, fresh_check):
     monkeypatch.setattr(execution, "BWRAP", "/nonexistent/bwrap")
-    monkeypatch.setattr(execution, "_CHECKED", [])
     why = execution.check_sandbox()
     assert why and "bubblewrap" in why and "unsafe" in why
     with pytest.raises(execution.SandboxUnavailable, match="bubblewrap"):
@@ -338,3 +363,184 @@ def test_seccomp_refuses_ptrace(box):
     )
     res = run(box, prog, "assert r.stdout.strip() == '-1', r.stdout + r.stderr")
     assert res.status == "passed", res
+
+
+def test_a_closed_sandbox_refuses_to_run():
+    box = Sandbox(1, sandbox=False)  # starts nothing until the first run
+    box.close()
+    box.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        box.run("x = 1", "assert x == 1")
+
+
+# --- per-assert runs --------------------------------------------------------------------------
+
+ADD3 = "assert add(1, 2) == 3\nassert add(2, 2) == 4\nassert add(0, 0) == 0\n"
+MINUS = "def add(a, b):\n    return a - b\n"  # honestly holds only the third assert
+
+
+def test_per_assert_vector_follows_the_tests(box):
+    tests = (
+        "import math\n"
+        "s = []\n"
+        "assert add(1, 2) == 3\n"
+        "s.append(add(2, 2))\n"
+        "assert s == [4]\n"
+        "assert add(2, 2) == 5\n"  # a wrong assert: fails, and the next checks still run
+        "try:\n    add(1)\nexcept TypeError:\n    pass\n"
+        "else:\n    raise AssertionError('expected TypeError')\n"
+        "for x in range(3):\n    assert add(x, 0) == x\n"
+        "assert math.isclose(add(0.1, 0.2), 0.3)\n"
+    )
+    good = "def add(a, b):\n    return a + b\n"
+    res = run(box, good, tests, per_assert=True)
+    assert res.asserts == (True, True, False, True, True, True)
+    assert res.status == "failed"
+    assert "5/6 checks held" in res.detail and "tests line 6" in res.detail
+    res = run(box, good, "assert add(1, 2) == 3\nassert add(2, 3) == 5\n", per_assert=True)
+    assert res.status == "passed" and res.asserts == (True, True)
+
+
+def test_per_assert_setup_failure_stops_and_timeout_keeps_the_proven_checks(box):
+    good = "def add(a, b):\n    return a + b\n"
+    res = run(
+        box, good, "assert add(1, 2) == 3\nx = add(None, 1)\nassert x == 1\n", per_assert=True
+    )
+    assert res.asserts == (True, False) and res.status == "error" and "TypeError" in res.detail
+    slow = "def add(a, b):\n    while a == 2:\n        pass\n    return a + b\n"
+    res = run(box, slow, "assert add(1, 2) == 3\n" + ADD3, timeout=1.5, per_assert=True)
+    assert res.status == "timeout" and res.asserts == (True, True, False, False)
+
+
+def test_per_assert_whole_candidate_failures(box):
+    res = run(box, "def add(a, b)\n    return a + b\n", ADD3, per_assert=True)
+    assert res.status == "error" and "SyntaxError in candidate" in res.detail
+    res = run(box, "raise ValueError('at import')\n", ADD3, per_assert=True)
+    assert res.status == "error" and res.asserts == (False, False, False)
+    assert run(box, "import ctypes", ADD3, per_assert=True).status == "rejected"
+
+
+FORGERIES = {
+    "print a fake vector": MINUS
+    + 'print(\'{"status": "passed", "asserts": [true, true, true]}\')\n',
+    "forged frames on every descriptor": MINUS + "import os\nfor fd in range(3, 256):\n    try:\n"
+    "        for i in range(3):\n            os.write(fd, b'x' * 16 + b'A' + i.to_bytes(4, 'big'))\n"
+    "        os.write(fd, b'x' * 16 + b'D' + (3).to_bytes(4, 'big'))\n"
+    "    except OSError:\n        pass\n",
+    "forged frames from inside a check": (
+        "import os\ndef add(a, b):\n    for fd in range(3, 256):\n        try:\n"
+        "            os.write(fd, b'\\0' * 16 + b'A' + (1).to_bytes(4, 'big'))\n"
+        "        except OSError:\n            pass\n    return a - b\n"
+    ),
+    "exit 0 after the first check": (
+        "import os\ncalls = []\ndef add(a, b):\n    calls.append(1)\n"
+        "    if len(calls) == 2:\n        getattr(os, '_e' + 'xit')(0)\n    return a + b\n"
+    ),
+    "fork so that a copy holds the other asserts": (
+        "import os\ndef add(a, b):\n    return a + b if os.fork() == 0 else a - b\n"
+    ),
+    "builtins.exec no-op": MINUS + "import builtins\nbuiltins.exec = lambda *a, **k: None\n",
+    "forge the audit events": MINUS
+    + "import sys\nfor i in range(3):\n    sys.audit('verify.held', i)\nsys.audit('verify.done', 3)\n",
+    "rebind comparison helper": (
+        "def add(a, b):\n    g = globals()\n    for k in list(g):\n"
+        "        if k.startswith('_verify_cmp_'):\n            g[k] = lambda *x: True\n"
+        "    return a - b\n"
+    ),
+}
+HONEST = {  # what each candidate's own answers hold, asserts in ADD3 order
+    "exit 0 after the first check": (True, False, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_per_assert_report_cannot_be_forged(box, name):
+    res = run(box, FORGERIES[name], ADD3, per_assert=True)
+    honest = HONEST.get(name, (False, False, True))
+    assert res.status != "passed", (name, res)
+    assert len(res.asserts) == 3
+    forged = [
+        j for j, (got, ok) in enumerate(zip(res.asserts, honest, strict=True)) if got and not ok
+    ]
+    assert forged == [], (name, res)
+    if name in ("print a fake vector", "builtins.exec no-op", "forge the audit events"):
+        assert res.asserts == honest  # nothing the candidate did touched the real proofs
+
+
+# --- pure parts: no sandbox needed ------------------------------------------------------------
+
+
+def test_check_flags_tell_checks_from_setup():
+    import ast
+
+    tests = (
+        "import math\n"
+        "def helper(x):\n    assert x\n    return x\n"
+        "s = helper([1])\n"
+        "assert add(1, 2) == 3\n"
+        "try:\n    add(1)\nexcept TypeError:\n    pass\nelse:\n    raise AssertionError('x')\n"
+        "for x in range(2):\n    assert add(x, 0) == x\n"
+        "if True:\n    y = 1\n"
+        "s.append(2)\n"
+        "with open('/dev/null') as f:\n    f.read()\n"
+    )
+    assert sandbox_program.check_flags(ast.parse(tests)) == [
+        False,  # import
+        False,  # a helper holding an assert is a definition, not a check
+        False,
+        True,
+        True,  # try/else raise AssertionError
+        True,  # a loop of asserts
+        False,  # an if without assert or raise
+        False,
+        False,
+    ]
+    assert sandbox_program.count_checks(tests) == 3
+    assert sandbox_program.count_checks("assert (") == 0
+
+
+def test_read_proofs_accepts_only_a_prefix_of_token_frames():
+    tok = bytes(range(16))
+
+    def frame(kind: bytes, i: int) -> bytes:
+        return tok + kind + i.to_bytes(4, "big")
+
+    detail = b'R{"status": "failed", "detail": "x"}'
+    ok = frame(b"A", 0) + frame(b"A", 2) + frame(b"D", 3) + detail
+    assert sandbox_program.read_proofs(ok, tok, 3) == ([True, False, True], True, detail)
+    # anything before the first frame, a wrong token, or a truncated frame proves nothing
+    assert sandbox_program.read_proofs(b"x" + ok, tok, 3)[:2] == ([False] * 3, False)
+    forged = bytes(16) + b"A" + (1).to_bytes(4, "big")
+    assert sandbox_program.read_proofs(forged + ok, tok, 3)[:2] == ([False] * 3, False)
+    assert sandbox_program.read_proofs(frame(b"A", 0)[:-1], tok, 3)[:2] == ([False] * 3, False)
+    # indices must rise and stay in range; the end frame must count every check
+    assert sandbox_program.read_proofs(frame(b"A", 2) + frame(b"A", 0), tok, 3)[0] == [
+        False,
+        False,
+        True,
+    ]
+    assert sandbox_program.read_proofs(frame(b"A", 7), tok, 3)[0] == [False] * 3
+    assert sandbox_program.read_proofs(frame(b"D", 2), tok, 3)[1] is False
+    # frames after the end are not read
+    held, done, rest = sandbox_program.read_proofs(frame(b"D", 3) + frame(b"A", 1), tok, 3)
+    assert (held, done, rest) == ([False] * 3, True, frame(b"A", 1))
+
+
+@pytest.mark.parametrize(
+    "program, why",
+    [
+        ("import ctypes\n", "imports ctypes"),
+        ("from gc import get_objects\n", "imports gc"),
+        ("import os\nos._exit(0)\n", "calls os._exit"),
+        ("exit()\n", "calls exit()"),
+        ("import sys\nsys.excepthook = print\n", "replaces sys.excepthook"),
+        (
+            "class E:\n    def __eq__(self, o):\n        return True\n",
+            "defines __eq__ that always returns True",
+        ),
+        ("def add(a, b):\n    return a + b\n", None),
+        ("def add(a, b)\n", None),  # a syntax error is reported by running, with its line
+    ],
+)
+def test_precheck(program, why):
+    assert execution.precheck(program) == why
