@@ -122,7 +122,9 @@ def read_examples(path: str | Path) -> list[Example]:
         where = f"{path}:{line}"
         language = rec.get("language") or ""
         if not isinstance(language, str):
-            raise RecordError(path, line, "language", f"expected str, got {type(language).__name__}")
+            raise RecordError(
+                path, line, "language", f"expected str, got {type(language).__name__}"
+            )
         if "messages" in rec:
             msgs = _check_messages(rec["messages"], path, line)
             out.append(Example(messages=msgs, source=where, language=language))
@@ -475,9 +477,7 @@ def tokenize_raw_records(
     return rows
 
 
-def build_datasets(
-    data_cfg: Any, tokenizer: Any, path: str | Path | None
-) -> tuple[Any, Any, dict]:
+def build_datasets(data_cfg: Any, tokenizer: Any, path: str | Path | None) -> tuple[Any, Any, dict]:
     """(train Dataset, eval Dataset or None, stats dict) of ``input_ids``/``labels`` rows.
 
     ``path`` None trains on ``data_cfg.raw_text`` alone, with a seeded validation share of its

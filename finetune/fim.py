@@ -120,7 +120,9 @@ def resolve_fim_tokens(
     if end_name is None:
         raise ValueError(f"{fields['end']}: the tokenizer has no EOS token; name an end token")
     ids = []
-    for key, name in zip(("prefix", "suffix", "middle", "end"), (*names[:3], end_name), strict=True):
+    for key, name in zip(
+        ("prefix", "suffix", "middle", "end"), (*names[:3], end_name), strict=True
+    ):
         tid = single_token_id(tokenizer, name)
         if tid is None:
             raise ValueError(

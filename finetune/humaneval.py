@@ -365,13 +365,17 @@ def problem_rows(problems: Sequence[dict], scored: Sequence[dict], ks: Sequence[
 
 
 def format_table(summaries: dict[str, dict], ks: Sequence[int]) -> str:
-    """A plain-text table, one row per evaluated model, with the difference to the first."""
+    """A plain-text table, one row per evaluated model (and the prompt form it was asked in),
+    with the difference to the first."""
     cols = [f"pass@{k}" for k in ks]
-    header = ["model", "problems", "samples", "solved", *cols, "statuses"]
+    with_prompt = any(s.get("prompt") for s in summaries.values())
+    header = ["model", *(["prompt"] if with_prompt else []), "problems", "samples", "solved"]
+    header += [*cols, "statuses"]
     rows = [header]
     first = next(iter(summaries.values()), None)
     for label, s in summaries.items():
-        cells = [label, str(s["problems"]), str(s["samples"]), str(s["solved"])]
+        cells = [label, *([s.get("prompt") or "-"] if with_prompt else [])]
+        cells += [str(s["problems"]), str(s["samples"]), str(s["solved"])]
         for c in cols:
             if c not in s:
                 cells.append("-")

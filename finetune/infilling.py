@@ -101,7 +101,9 @@ def samples(problems: list[dict], middles: list[list[str]], replies: list[list[s
     out = []
     for p, ms, rs in zip(problems, middles, replies, strict=True):
         for i, (m, r) in enumerate(zip(ms, rs, strict=True)):
-            out.append({"task_id": p["task_id"], "sample": i, "reply": r, "code": m, "kind": "infill"})
+            out.append(
+                {"task_id": p["task_id"], "sample": i, "reply": r, "code": m, "kind": "infill"}
+            )
     return out
 
 

@@ -166,10 +166,8 @@ def run_training(
 ) -> tuple[Any, dict[str, Any]]:
     """:func:`train`, also returning the SFTTrainer (whose ``model`` is the trained PeftModel)."""
     from peft.helpers import disable_input_dtype_casting
-    from transformers import TrainerCallback
+    from transformers import AutoConfig, TrainerCallback
     from trl import SFTTrainer
-
-    from transformers import AutoConfig
 
     given = data_path or cfg.data.path
     # Raw text alone (e.g. a repository's code for FIM) needs no instruction file.

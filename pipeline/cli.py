@@ -56,10 +56,12 @@ def _run_stage_file(stage_name: str, records, out: Path, fn) -> int:
         JsonlWriter(out, append=False) as kept_w,
         JsonlWriter(_rejected_path(out), append=False) as rej_w,
     ):
-        stats = StageStats(stage=stage_name, sink=rej_w.write)
-        for rec in fn(records, stats):
-            kept_w.write(rec)
+        stats = StageStats(stage=stage_name, sink=rej_w.write, kept_sink=kept_w.write)
+        for _ in fn(records, stats):
+            pass
     stats.seconds = time.perf_counter() - t0
+    if why := stats.balance_error():
+        return _error(f"the books do not balance: {why}")
     print(summary_table({stage_name: stats}), file=sys.stderr)
     print(
         f"kept {stats.kept} -> {out}; rejected {stats.rejected} -> {_rejected_path(out)}",
@@ -307,10 +309,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    try:
-        from pipeline.ingest import main as ingest_main
-    except ImportError:
-        return _error("`ingest` is not built yet (issue 8)")
+    from pipeline.ingest import main as ingest_main
+
     return ingest_main(args)
 
 

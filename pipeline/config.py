@@ -23,6 +23,7 @@ from pipeline.configlib import help_field as _help
 from stages.dedup import DedupConfig
 from stages.filters import FilterConfig
 from stages.generate import GenerationConfig
+from stages.ingest import IngestConfig
 from stages.verify import VerifyConfig
 
 
@@ -141,6 +142,10 @@ class PipelineConfig:
     filter: FilterConfig = _help("instruction and output filters", factory=FilterConfig)
     verify: VerifyConfig = _help("sandboxed execution of code candidates", factory=VerifyConfig)
     export: ExportConfig = _help("data.json / messages.jsonl export", factory=ExportConfig)
+    ingest: IngestConfig = _help(
+        "`pipeline ingest`: the walk of a repository or docs folder, chunking, QA pairs",
+        factory=IngestConfig,
+    )
 
 
 def load_config(

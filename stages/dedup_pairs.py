@@ -152,7 +152,7 @@ def tokenize_partition(texts: Iterable[str], tokenizer: str = "default") -> Toke
     # Occurrence index: sort by (text, token, position); within a run of equal (text, token)
     # the k-th member is copy k.
     text_of = np.repeat(np.arange(len(lens) - 1, dtype=np.int64), np.diff(offsets))
-    order = np.lexsort((ids_a, text_of))  # stable: positions stay ascending inside a run
+    order = np.lexsort((np.arange(len(ids_a)), ids_a, text_of))
     key = text_of[order] * (len(local) + 1) + ids_a[order]
     run_start = np.r_[True, key[1:] != key[:-1]] if len(key) else np.zeros(0, bool)
     first = np.maximum.accumulate(np.where(run_start, np.arange(len(key)), 0))
@@ -344,20 +344,20 @@ def _join(
         return
     base = elem * stride
     start = np.searchsorted(tier.key, base + lo, side="left")
-    stop = np.searchsorted(tier.key, base + hi, side="right")
+    stop = np.maximum(np.searchsorted(tier.key, base + hi, side="right"), start)
     hits = stop - start
     cum = np.cumsum(hits)
-    # Chunk boundaries fall between probe texts (entries of a text are contiguous), so a pair's
-    # duplicate hits stay in one chunk and np.unique removes them all.
-    text_end = np.flatnonzero(np.r_[slot[1:] != slot[:-1], True])
-    a = 0
+    # Chunks end where a probe text's entries end (they are contiguous), so all duplicate hits
+    # of a pair fall in one chunk and np.unique removes them.
+    ends = np.flatnonzero(np.r_[slot[1:] != slot[:-1], True]) + 1
+    cum_at_end = cum[ends - 1]
+    a, e = 0, 0
     while a < len(elem):
-        base_hits = cum[a - 1] if a else 0
-        k = np.searchsorted(cum[text_end], base_hits + _CHUNK_HITS, side="right")
-        b = int(text_end[min(k, len(text_end) - 1)]) + 1 if k < len(text_end) else len(elem)
-        b = max(b, int(text_end[np.searchsorted(text_end, a)]) + 1)
+        before = int(cum[a - 1]) if a else 0
+        e = max(int(np.searchsorted(cum_at_end, before + _CHUNK_HITS, side="right")), e + 1)
+        b = int(ends[e - 1])
         h = hits[a:b]
-        n_hits = int(h.sum())
+        n_hits = int(cum[b - 1]) - before
         if n_hits:
             idx = np.repeat(start[a:b] - (np.cumsum(h) - h), h) + np.arange(n_hits)
             i_slot = tier.slot[idx]
@@ -396,9 +396,9 @@ def candidate_pairs(
     if not out:
         empty = np.zeros(0, np.int64)
         return empty, empty
+    # A pool text sits in one segment of one tier for a given probe length, so the parts are
+    # disjoint: sorting is enough.
     keys = np.sort(np.concatenate(out)) if len(out) > 1 else out[0]
-    if len(out) > 1:
-        keys = np.unique(keys)
     return keys & 0xFFFFFFFF, keys >> 32
 
 

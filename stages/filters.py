@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from stages.base import StageStats
+from stages.parsing import NO_INPUT_SPELLINGS, fenced_blocks, normalize_input
 
 MODES = ("general", "code")
 
@@ -72,30 +73,6 @@ CODE_BLOCKLIST = [
     "flowchart",
     "diagram",
     "go to",
-]
-# Compared after lower-casing and turning brackets, dots, dashes, quotes and underscores into
-# spaces; "<noinput>" -> "noinput", "(empty)" -> "empty", "-" -> "".
-NO_INPUT_SPELLINGS = [
-    "",
-    "noinput",
-    "no input",
-    "no_input",
-    "n/a",
-    "na",
-    "n a",
-    "none",
-    "null",
-    "nil",
-    "empty",
-    "blank",
-    "nothing",
-    "not applicable",
-    "no input required",
-    "no input needed",
-    "no input provided",
-    "no additional input",
-    "not needed",
-    "no input necessary",
 ]
 # Whole-output non-answers and refusals (matched against the stripped, lower-cased output).
 NON_ANSWER_PATTERNS = [
@@ -240,13 +217,6 @@ def _full_regex(patterns: tuple[str, ...]) -> re.Pattern | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns), re.DOTALL)
 
 
-_NO_INPUT_PUNCT = re.compile(r"[\s<>()\[\]{}.\-_:;\"'`*]+")
-
-
-def _no_input_key(text: str) -> str:
-    return _NO_INPUT_PUNCT.sub(" ", text.casefold()).strip()
-
-
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _PROGRAM = re.compile(r"\s*write a program\b", re.IGNORECASE)
 _PUNCT = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
@@ -330,7 +300,6 @@ _DANGLING = {
     "whose",
     "than",
 }
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def _truncated(output: str, mode: str) -> bool:
@@ -354,10 +323,8 @@ def _truncated(output: str, mode: str) -> bool:
 
 def python_source(output: str) -> str:
     """The Python in an output: the first ```python (or bare ```) fenced block, else all of it."""
-    for lang, body in _FENCE.findall(output):
-        if lang.lower() in ("python", "py", "python3", ""):
-            return body
-    return output
+    blocks = fenced_blocks(output)
+    return blocks[0] if blocks else output
 
 
 def _parses(source: str) -> bool:
@@ -473,9 +440,7 @@ def normalize(record: dict, cfg: FilterConfig) -> dict:
     if inp is None:
         out["input"] = ""
     elif isinstance(inp, str) and cfg.normalize_no_input:
-        spellings = {_no_input_key(s) for s in cfg.no_input_spellings}
-        if _no_input_key(inp) in spellings:
-            out["input"] = ""
+        out["input"] = normalize_input(inp, cfg.no_input_spellings)
     return out
 
 

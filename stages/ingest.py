@@ -206,18 +206,18 @@ def recall_records(
 ) -> Iterator[dict]:
     """One "show me this file as of <date>" conversation per chunk of each chunked document;
     the instruction's phrasing is drawn per file from a seeded RNG."""
-    phrasings = [
-        ln
-        for ln in render(
-            "ingest_recall_instruction", path="${path}", repo=repo, date=date, what=what
-        ).splitlines()
-        if ln.strip()
-    ]
     for index, doc in enumerate(docs):
+        phrasings = [
+            ln
+            for ln in render(
+                "ingest_recall_instruction", path=doc.path, repo=repo, date=date, what=what
+            ).splitlines()
+            if ln.strip()
+        ]
         rng = random.Random(f"{seed}:recall:{doc.path}")
         for i, c in enumerate(doc.chunks):
             part = _part_label(doc, i, render)
-            instruction = rng.choice(phrasings).replace("${path}", doc.path)
+            instruction = rng.choice(phrasings)
             if part:
                 instruction = (
                     instruction.rstrip(".?") + part + ("?" if instruction.endswith("?") else ".")
@@ -406,24 +406,6 @@ def parse_qa_replies(
                 stats.drop(rec, "missing_output")
 
 
-def verbatim_filter(cfg: FilterConfig) -> FilterConfig:
-    """The filter config for file-recall and commit records. A file is an answer as it stands:
-    it may end mid-sentence, hold prompt-like markers (this project's own templates do), mention
-    URLs or restate its path. Only the rules that judge data rather than prose apply."""
-    return dataclasses.replace(
-        cfg,
-        blocklist=[],
-        code_blocklist=[],
-        reject_unseen_references=False,
-        reject_truncated_outputs=False,
-        reject_template_leaks=False,
-        restatement_threshold=1.0,
-        reject_output_copies_input=False,
-        python_must_parse=False,
-        non_answer_patterns=[],
-    )
-
-
 # -- QA replies -------------------------------------------------------------------------------
 
 _QA_MARK = re.compile(
@@ -570,3 +552,24 @@ def run_grounding(
             stats.drop(rec, reason, **detail)
         else:
             yield stats.keep(rec)
+
+
+# -- stage filter: the rules for verbatim records ---------------------------------------------
+
+
+def verbatim_filter(cfg: FilterConfig) -> FilterConfig:
+    """The filter config for file-recall and commit records. A file is an answer as it stands:
+    it may end mid-sentence, hold prompt-like markers (this project's own templates do), mention
+    URLs or restate its path. Only the rules that judge data rather than prose apply."""
+    return dataclasses.replace(
+        cfg,
+        blocklist=[],
+        code_blocklist=[],
+        reject_unseen_references=False,
+        reject_truncated_outputs=False,
+        reject_template_leaks=False,
+        restatement_threshold=1.0,
+        reject_output_copies_input=False,
+        python_must_parse=False,
+        non_answer_patterns=[],
+    )

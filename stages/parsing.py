@@ -9,24 +9,33 @@ extractor (generation, filters, ingest and the evaluation harness all use it);
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-NO_INPUT = {
+# Compared after lower-casing and turning brackets, dots, dashes, quotes and underscores into
+# spaces; "<noinput>" -> "noinput", "(empty)" -> "empty", "-" -> "".
+NO_INPUT_SPELLINGS = [
     "",
-    "<none>",
-    "<noinput>",
-    "<no input>",
-    "none",
-    "none.",
-    "n/a",
+    "noinput",
     "no input",
-    "no input.",
+    "no_input",
+    "n/a",
+    "na",
+    "n a",
+    "none",
     "null",
-    "-",
-    "(none)",
+    "nil",
     "empty",
-    "(empty)",
-}
+    "blank",
+    "nothing",
+    "not applicable",
+    "no input required",
+    "no input needed",
+    "no input provided",
+    "no additional input",
+    "not needed",
+    "no input necessary",
+]
 
 # A task header: "Task 4", "### Task 4:", "**Task 4.**", "4. " at a line start, "Problem 4".
 _HEADER = re.compile(
@@ -137,17 +146,25 @@ def parse_tasks(text: str, *, need_output: bool = True) -> list[Parsed]:
 
 PYTHON_FENCES = ("python", "py", "python3", "py3", "")
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_NO_INPUT_KEYS = frozenset(m.strip("<>[]() ") for m in NO_INPUT)
+_NO_INPUT_PUNCT = re.compile(r"[\s<>()\[\]{}.\-_:;\"'`*]+")
 
 
-def is_no_input(text: str) -> bool:
+def no_input_key(text: str) -> str:
+    return _NO_INPUT_PUNCT.sub(" ", text.casefold()).strip()
+
+
+_NO_INPUT_KEYS = frozenset(no_input_key(s) for s in NO_INPUT_SPELLINGS)
+
+
+def is_no_input(text: str, spellings: Iterable[str] | None = None) -> bool:
     """True for the spellings models and seed files use for "this task has no input"."""
-    return text.strip().lower().strip("<>[]() ") in _NO_INPUT_KEYS
+    keys = _NO_INPUT_KEYS if spellings is None else {no_input_key(s) for s in spellings}
+    return no_input_key(text) in keys
 
 
-def normalize_input(text: str) -> str:
+def normalize_input(text: str, spellings: Iterable[str] | None = None) -> str:
     """The one "no input" normaliser: "" for any spelling of none, else the text unchanged."""
-    return "" if is_no_input(text) else text
+    return "" if is_no_input(text, spellings) else text
 
 
 def fenced_blocks(text: str, languages: tuple[str, ...] | None = PYTHON_FENCES) -> list[str]:

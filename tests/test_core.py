@@ -94,18 +94,18 @@ def test_writer_repairs_a_torn_line_and_appends(tmp_path):
 def test_stage_stats_add_up_and_drop_reaches_the_sink():
     got: list[dict] = []
     a = StageStats(stage="filter", sink=got.append)
-    a.total, a.kept = 3, 1
-    a.drop({"id": "x"}, "too_short")
-    a.drop({"id": "y"}, "too_short", words=1)
-    b = StageStats(
-        stage="filter",
-        total=2,
-        kept=2,
-        dropped=Counter(empty_output=1),
-        extra=Counter(candidates_run=4),
-    )
+    for rec in a.admit([{"id": "w"}, {"id": "x"}, {"id": "y"}]):
+        if rec["id"] == "w":
+            a.keep(rec)
+        else:
+            a.drop(rec, "too_short", **({"words": 1} if rec["id"] == "y" else {}))
+    b = StageStats(stage="filter")
+    for rec in b.admit([{"id": "u"}, {"id": "v"}, {"id": "z"}]):
+        (b.drop(rec, "empty_output") if rec["id"] == "z" else b.keep(rec))
+    b.extra["candidates_run"] += 4
     c = a + b
-    assert (c.total, c.kept, c.rejected) == (5, 3, 3)
+    assert (c.entered, c.total, c.kept, c.rejected) == (6, 6, 3, 3)
+    assert c.balance_error() is None
     assert c.dropped == Counter(too_short=2, empty_output=1) and c.extra["candidates_run"] == 4
     assert got[1] == {"id": "y", "reject": {"stage": "filter", "reason": "too_short", "words": 1}}
     table = summary_table({"filter": c})

@@ -162,7 +162,9 @@ def test_no_fim_tokens_is_an_error_naming_the_field(tmp_path):
 
     make_tokenizer(tmp_path)
     tok = load_tokenizer(tmp_path)
-    with pytest.raises(ValueError, match=r"data\.fim\.prefix_token: the tokenizer has no fill.*data\.fim\.rate=0"):
+    with pytest.raises(
+        ValueError, match=r"data\.fim\.prefix_token: the tokenizer has no fill.*data\.fim\.rate=0"
+    ):
         resolve_fim_tokens(tok)
     with pytest.raises(ValueError, match=r"data\.fim\.prefix_token='<nope>': not a single token"):
         resolve_fim_tokens(tok, {"prefix": "<nope>", "suffix": "<bos>", "middle": "<pad>"})

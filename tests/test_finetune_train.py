@@ -373,9 +373,7 @@ def test_rope_scaling_is_validated_and_applied(tiny, tmp_path):
     from transformers import AutoConfig
 
     over = config_overrides(cfg.model, 128, AutoConfig.from_pretrained(tiny))
-    assert over == {
-        "rope_parameters": {"rope_theta": 10_000.0, "rope_type": "linear", "factor": 4}
-    }
+    assert over == {"rope_parameters": {"rope_theta": 10_000.0, "rope_type": "linear", "factor": 4}}
     model = load_base_model(tiny, dtype="fp32", device="cpu", config_overrides=over)
     assert model.config.rope_parameters["rope_type"] == "linear"
     assert config_overrides(cfg_for(tiny).model, 128, AutoConfig.from_pretrained(tiny)) == {}

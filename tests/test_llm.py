@@ -196,7 +196,12 @@ def test_token_budget_stops_the_stream_cleanly():
         client = make_client(srv.base_url, concurrency=1, max_tokens_total=100)
         out = client.complete_all(req(i) for i in range(50))
     # Each answer costs 30 tokens (10 prompt + 20 completion): the 4th crosses the budget.
-    assert 4 <= len(out) <= 5
+    # Nothing more is sent, and every request still asked for is answered with a reject, so
+    # that the records behind them are accounted for.
+    answered = [r for _, r in out if not isinstance(r, Failure)]
+    assert 4 <= len(answered) <= 5 and len(srv.requests) == len(answered)
+    assert len(out) == 50
+    assert all(r.kind == "budget_exhausted" for _, r in out[len(answered) :])
     assert client.stop_reason == "budget"
 
 
