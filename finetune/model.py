@@ -20,6 +20,7 @@ trained at RoPE base 1,000,000 would otherwise run on the base model's 10,000.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -253,7 +254,41 @@ def load_base_model(
     dm = _device_map(device, quantization, sharded)
     if dm is not None:
         kwargs["device_map"] = dm
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    with _quantizable_linears(qc is not None):
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if qc is not None:
+        import bitsandbytes as bnb
+
+        kinds = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+        if not any(isinstance(m, kinds) for m in model.modules()):
+            raise RuntimeError(
+                f"{name_or_path}: {quantization} quantization replaced no linear layer (transformers "
+                "quantizes plain torch.nn.Linear only); the weights would load unquantized"
+            )
+    return model
+
+
+@contextlib.contextmanager
+def _quantizable_linears(active: bool):
+    """Build Falcon's projections as plain ``nn.Linear`` while a quantized model is created.
+
+    transformers' bitsandbytes integration replaces only modules whose type *is* ``nn.Linear``,
+    and Falcon's are the subclass ``FalconLinear`` (the same ``x @ W.T + b``), so an 8-bit
+    Falcon-40B (Jerboa's run) would silently load in 16 bits and not fit. While the model is
+    built here the subclass name points at ``nn.Linear``, and it is put back afterwards.
+    """
+    if not active:
+        yield
+        return
+    import torch
+    from transformers.models.falcon import modeling_falcon
+
+    saved = modeling_falcon.FalconLinear
+    modeling_falcon.FalconLinear = torch.nn.Linear
+    try:
+        yield
+    finally:
+        modeling_falcon.FalconLinear = saved
 
 
 def lora_config(section: Any) -> Any:

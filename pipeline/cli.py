@@ -36,6 +36,13 @@ def _load(args: argparse.Namespace, extra: dict | None = None):
     return load_config(getattr(args, "config", None), getattr(args, "set", []), extra)
 
 
+def _engine(cfg):
+    """The engine ``engine.kind`` names (local, or a Ray cluster), released on exit."""
+    from pipeline.engine import opened
+
+    return opened(cfg)
+
+
 def _given(**flags: object) -> dict:
     """The command-line flags the user gave (argparse leaves the others None)."""
     return {k: v for k, v in flags.items() if v is not None}
@@ -114,7 +121,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_dedup(args: argparse.Namespace) -> int:
     from pipeline.records import read_records
-    from stages import dedup
 
     over = _given(
         threshold=args.threshold,
@@ -123,33 +129,35 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         workers=args.workers,
     )
-    cfg = _load(args, {"dedup": over}).dedup
+    full = _load(args, {"dedup": over})
+    cfg = full.dedup
     against = [r for path in args.against for r in read_records(path)]
-    return _run_stage_file(
-        "dedup",
-        read_records(args.input),
-        Path(args.output),
-        lambda recs, st: dedup.run(recs, cfg, st, against=against),
-    )
+    with _engine(full) as engine:
+        return _run_stage_file(
+            "dedup",
+            read_records(args.input),
+            Path(args.output),
+            lambda recs, st: engine.dedup(recs, cfg, st, against=against),
+        )
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
     from pipeline.records import read_records
-    from stages import filters
 
     extra = {"filter": {"mode": args.mode}} if args.mode else {}
-    cfg = _load(args, extra).filter
-    return _run_stage_file(
-        "filter",
-        read_records(args.input),
-        Path(args.output),
-        lambda recs, st: filters.run(recs, cfg, st),
-    )
+    full = _load(args, extra)
+    cfg = full.filter
+    with _engine(full) as engine:
+        return _run_stage_file(
+            "filter",
+            read_records(args.input),
+            Path(args.output),
+            lambda recs, st: engine.filter(recs, cfg, st),
+        )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.records import read_records
-    from stages import verify
 
     over = _given(timeout=args.timeout, memory_mb=args.memory_mb, workers=args.workers)
     if args.unsafe_no_sandbox:
@@ -158,13 +166,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         over["fresh_sandbox"] = True
     if args.no_check_vacuous:
         over["check_vacuous"] = False
-    cfg = _load(args, {"verify": over}).verify
-    return _run_stage_file(
-        "verify",
-        read_records(args.input),
-        Path(args.output),
-        lambda recs, st: verify.run(recs, cfg, st),
-    )
+    full = _load(args, {"verify": over})
+    cfg = full.verify
+    with _engine(full) as engine:
+        return _run_stage_file(
+            "verify",
+            read_records(args.input),
+            Path(args.output),
+            lambda recs, st: engine.verify(recs, cfg, st),
+        )
 
 
 def cmd_verify_seeds(args: argparse.Namespace) -> int:
@@ -206,15 +216,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         run_dir = resolve_run_dir(args.run)
     except FileNotFoundError as e:
         return _error(str(e))
-    src = Path(args.input) if args.input else final_records_path(run_dir)
-    if src is None or not src.exists():
-        return _error(f"{run_dir}: no stage file with kept records to export")
     # The run's own resolved config (split seed, target, export settings), then --config/--set.
     saved = run_dir / "config.yaml"
     cfg = load_config(saved if saved.exists() else args.config, args.set)
     stats_file = run_dir / "stats.json"
     mode = json.loads(stats_file.read_text()).get("mode") if stats_file.exists() else None
     mode = mode or cfg.generation.mode
+    src = Path(args.input) if args.input else final_records_path(run_dir, mode)
+    if src is None or not src.exists():
+        return _error(f"{run_dir}: no stage file with kept records to export")
     seed = cfg.ingest.seed if mode == "ingest" else cfg.generation.seed
     limit = None if mode == "ingest" else cfg.generation.num
     with JsonlWriter(rejected_path(run_dir, mode, "export"), append=False) as rej:

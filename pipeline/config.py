@@ -24,6 +24,7 @@ from stages.dedup import DedupConfig
 from stages.filters import FilterConfig
 from stages.generate import GenerationConfig
 from stages.ingest import IngestConfig
+from stages.judge import JudgeConfig
 from stages.verify import VerifyConfig
 
 
@@ -129,6 +130,61 @@ class ExportConfig:
             )
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class EngineConfig:
+    kind: str = _help(
+        "local (one process, the reference) | ray (stages as Ray operators over a cluster; `pip install -e '.[ray]'`)",
+        "local",
+    )
+    address: str = _help(
+        "ray: the cluster to join: auto (RAY_ADDRESS or a `ray start` cluster on this machine, else a new local one), host:port, or ray://host:10001",
+        "auto",
+    )
+    cache_dir: str = _help(
+        "ray: response cache directory every node can reach (a path on shared disk/NFS, or an fsspec URL such as s3://bucket/cache); empty = <run>/cache/responses",
+        "",
+    )
+    client_actors: int = _help(
+        "ray: LLM client actors (each drives its share of llm.base_urls with llm.concurrency in flight); 0 = one per endpoint",
+        0,
+    )
+    request_chunk: int = _help(
+        "ray: requests sent to a client actor in one call (amortises Ray's per-call cost)", 16
+    )
+    verify_actors: int = _help(
+        "ray: sandbox actors for verify, each holding verify.workers warm sandbox workers (and asking Ray for that many CPUs)",
+        2,
+    )
+    map_batch: int = _help(
+        "ray: records per task for the stateless stages (filter)", 256
+    )
+    dedup_partition: int = _help(
+        "ray: texts per tokenize/encode task of the exact dedup", 65536
+    )
+    dedup_block: int = _help(
+        "ray: texts resolved per round of the exact dedup (split over tasks for the join)", 16384
+    )
+    dedup_tasks: int = _help("ray: join tasks per dedup block; 0 = one per cluster CPU", 0)
+    retries: int = _help(
+        "ray: times a batch is resubmitted to a fresh actor when its actor or node dies", 3
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENGINES:
+            raise ValueError(f"engine.kind={self.kind!r}: use one of {', '.join(ENGINES)}")
+        for name in ("request_chunk", "map_batch", "dedup_partition", "dedup_block"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"engine.{name}={getattr(self, name)!r}: must be at least 1")
+        for name in ("client_actors", "verify_actors", "dedup_tasks", "retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"engine.{name}={getattr(self, name)!r}: use 0 or more")
+        if not self.address:
+            raise ValueError("engine.address='': use auto, host:port or ray://host:port")
+
+
 @dataclass
 class PipelineConfig:
     run: str = _help(
@@ -142,9 +198,16 @@ class PipelineConfig:
     filter: FilterConfig = _help("instruction and output filters", factory=FilterConfig)
     verify: VerifyConfig = _help("sandboxed execution of code candidates", factory=VerifyConfig)
     export: ExportConfig = _help("data.json / messages.jsonl export", factory=ExportConfig)
+    judge: JudgeConfig = _help(
+        "LLM rating of each record after filter (and verify), and top-k selection",
+        factory=JudgeConfig,
+    )
     ingest: IngestConfig = _help(
         "`pipeline ingest`: the walk of a repository or docs folder, chunking, QA pairs",
         factory=IngestConfig,
+    )
+    engine: EngineConfig = _help(
+        "where the stages run: this process (local) or a Ray cluster (ray)", factory=EngineConfig
     )
 
 

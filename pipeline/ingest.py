@@ -49,6 +49,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tqdm import tqdm
+
 from pipeline.config import PipelineConfig, load_config, merge, save_config
 from pipeline.configlib import read_yaml
 from pipeline.errors import BooksError
@@ -220,8 +222,6 @@ class Ingest:
     ) -> tuple[list[dict], dict[str, str]]:
         """The QA part of the generate stage: (the pairs as parsed, what the model was shown of
         each document). No model is started when no pair is asked for."""
-        from tqdm import tqdm
-
         cfg, icfg = self.cfg, self.cfg.ingest
         if not (icfg.qa_per_doc and docs):
             return [], {}
@@ -248,7 +248,7 @@ class Ingest:
                             qa_per_doc=icfg.qa_per_doc,
                             repo=self.repo,
                             render=render,
-                        )  # fmt: skip
+                        )
                     )
                 except KeyboardInterrupt:
                     self.stop_reason = "interrupted"

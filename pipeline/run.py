@@ -35,12 +35,13 @@ from tqdm import tqdm
 
 from pipeline import prompts
 from pipeline.config import PipelineConfig, save_config
+from pipeline.engine import engine_for
 from pipeline.llm import LLMClient, ResponseCache, UsageMeter, resolve_api_key
 from pipeline.records import enumerate_jsonl, write_json_atomic, write_jsonl_atomic
 from pipeline.errors import BooksError
 from pipeline.rundir import StageFiles, books_errors, write_export
 from pipeline.stats import StageStats, summary_table
-from stages import dedup, filters, generate, seeds
+from stages import dedup, generate, seeds
 
 log = logging.getLogger("pipeline")
 
@@ -174,13 +175,14 @@ class Run:
         self.stats["seeds"] = s_stats
         pool = seeds.pool_for_mode(seed_records, g.mode)
 
-        cache = ResponseCache(self.dir / "cache" / "responses.jsonl") if cfg.llm.cache else None
+        self.engine = engine = engine_for(cfg)
+        cache = engine.response_cache(self.dir) if cfg.llm.cache else None
         usage = UsageMeter(prices=cfg.llm.prices)
         kept: list[dict] = []
         finished = False
         with StageFiles(self.dir, g.mode) as files:
             try:
-                with open_client(cfg, cache=cache, usage=usage) as client:
+                with engine.open_client(cfg, cache=cache, usage=usage) as client:
                     self.model, self.api, self.embedded = (
                         client.model,
                         client.api,
@@ -199,6 +201,7 @@ class Run:
                     finally:
                         self.stop_reason = self.stop_reason or client.stop_reason
             finally:
+                engine.close()
                 if cache is not None:
                     cache.close()
                 # Export whatever was kept, even on interruption or a fatal error: nothing is
@@ -210,6 +213,9 @@ class Run:
                 self.stats["export"] = e_stats
         errors = books_errors(self.dir, g.mode, self.stats) if finished else []
         self._write_stats(usage, started, errors)
+        from pipeline.card import write_card
+
+        write_card(self.dir, self.stats_dict, kept[: g.num], g.mode)
         if errors:
             raise BooksError("the books do not balance: " + "; ".join(errors))
         return self.stats_dict
@@ -234,27 +240,45 @@ class Run:
     ) -> None:
         cfg, g = self.cfg, self.cfg.generation
         answer_mode = self.answer_mode = self._answer_mode()
-        names = ["generate", "dedup"] + (["answer"] if answer_mode == "chat" else []) + ["filter"]
+        from stages import strategies
+
+        # A mix of strategies (anything but plain alpaca) goes through stages.strategies.
+        mix = g.strategy_mix() if g.strategy != "alpaca" else None
+        answering = answer_mode == "chat" or bool(mix and set(mix) - {"alpaca"})
+        names = (
+            ["generate", "dedup"]
+            + (["classify"] if mix and "classification" in mix else [])
+            + (["answer"] if answering else [])
+            + ["filter"]
+            + (["judge"] if cfg.judge.enabled else [])
+        )
+        if mix and "magpie" in mix:
+            self._check_magpie()
         st = {name: self._stage(files, name) for name in names}
         deduper: dedup.Deduper | None = None
-        sent = 0
+        sent = round_no = 0
         clock = _Clock()
         with self._bar(g.num, "generate") as bar:
             while not client.stop_reason:
                 n = generate.next_round_size(g, len(kept), sent)
                 if n == 0:
                     break
-                reqs = generate.round_requests(
-                    sent, n, g, pool, prompts.render, self.api,
-                    generated=kept, answer_mode=answer_mode,
-                )  # fmt: skip
+                if mix:
+                    reqs = strategies.round_requests(
+                        sent, n, g, pool, prompts.render, self.api, model=client.model,
+                        round_no=round_no, generated=kept, answer_mode=answer_mode,
+                    )  # fmt: skip
+                    parse = strategies.parse_replies
+                else:
+                    reqs = generate.round_requests(
+                        sent, n, g, pool, prompts.render, self.api,
+                        generated=kept, answer_mode=answer_mode,
+                    )  # fmt: skip
+                    parse = generate.parse_replies
                 sent += n
+                round_no += 1
                 chain: Iterable[dict] = clock.wrap(
-                    generate.parse_replies(
-                        client.stream(reqs),
-                        st["generate"],
-                        require_output=answer_mode != "chat",
-                    ),
+                    parse(client.stream(reqs), st["generate"], require_output=answer_mode != "chat"),
                     st["generate"],
                 )
                 if deduper is None:
@@ -263,12 +287,31 @@ class Run:
                     sample = dedup.prime_sample(chain, cfg.dedup)
                     deduper = dedup.Deduper(cfg.dedup, against=seed_records, sample=sample)
                 chain = clock.wrap(deduper.run(chain, st["dedup"]), st["dedup"])
-                if answer_mode == "chat":
+                if "classify" in st:
+                    from stages import classify
+
+                    chain = clock.wrap(
+                        classify.run(
+                            chain, client.stream, prompts.render, g.classification, g.seed,
+                            g.top_p, st["classify"],
+                        ),
+                        st["classify"],
+                    )  # fmt: skip
+                if mix and answering:
+                    chain = clock.wrap(
+                        strategies.answer(
+                            chain, client.stream, prompts.render, g, st["answer"],
+                            answer_mode=answer_mode,
+                        ),
+                        st["answer"],
+                    )  # fmt: skip
+                elif answer_mode == "chat":
                     chain = clock.wrap(
                         generate.answer(chain, client.stream, prompts.render, g, st["answer"]),
                         st["answer"],
                     )
-                chain = clock.wrap(filters.run(chain, cfg.filter, st["filter"]), st["filter"])
+                chain = clock.wrap(self.engine.filter(chain, cfg.filter, st["filter"]), st["filter"])
+                chain = self._judged(chain, client, st, clock)
                 for rec in chain:
                     kept.append(rec)
                     bar.update(1)
@@ -277,8 +320,106 @@ class Run:
                         rejected=sum(s.rejected for s in st.values()),
                     )
         clock.charge()
+        self._select(kept, files)
         if len(kept) < g.num and not client.stop_reason:
             self.stop_reason = "max_requests"
+
+    def _judged(self, chain: Iterable[dict], client: LLMClient, st: dict, clock: _Clock):
+        """The judge stage on ``chain`` when ``judge.enabled``; its own endpoint or model when
+        ``judge.base_url`` / ``judge.model`` name one."""
+        j = self.cfg.judge
+        if not j.enabled:
+            return chain
+        from stages import judge
+
+        if not hasattr(self, "_judge_client"):
+            self._judge_client = client
+            if j.base_url or j.model:
+                self._judge_client = LLMClient(
+                    self.cfg.llm,
+                    base_urls=[j.base_url] if j.base_url else client.base_urls,
+                    model=j.model or client.model,
+                    api_key=resolve_api_key(self.cfg.llm) if j.base_url else client._api_key,
+                    cache=client.cache,
+                    usage=client.usage,
+                    api="chat",
+                )
+        return clock.wrap(
+            judge.run(chain, self._judge_client.stream, prompts.render, j, st["judge"]),
+            st["judge"],
+        )
+
+    def _select(self, kept: list[dict], files: StageFiles) -> None:
+        """``judge.top_k``: the select stage over everything kept, once the rounds are done."""
+        j = self.cfg.judge
+        if not (j.enabled and j.top_k):
+            return
+        from stages import judge
+
+        kept[:] = judge.select(kept, j, self._stage(files, "select"))
+
+    def _oss_sources(self) -> list[tuple[str, list[str]]]:
+        """OSS-Instruct's source files: ``generation.oss.source`` (a folder, walked with the
+        ingest walker and its secret/vendored skipping, or one file), else the git checkout
+        the run is started in."""
+        import subprocess
+
+        from pipeline.configlib import ConfigError
+        from pipeline.walk import walk
+        from stages import oss
+        from stages.ingest import IngestConfig
+
+        o = self.cfg.generation.oss
+        if o.source:
+            root = Path(o.source)
+        else:
+            top = subprocess.run(
+                ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True
+            )
+            if top.returncode != 0:
+                raise ConfigError(
+                    "generation.strategy includes oss and generation.oss.source is empty, but "
+                    f"{Path.cwd()} is not a git checkout: set generation.oss.source to a folder or file"
+                )
+            root = Path(top.stdout.strip())
+        if root.is_file():
+            files = [(root.name, root.read_text(encoding="utf-8", errors="replace"))]
+        elif root.is_dir():
+            files = [(d.path, d.text) for d in walk(root, IngestConfig(kind="repo")).documents]
+        else:
+            raise ConfigError(f"generation.oss.source={o.source!r}: no such file or folder")
+        usable = oss.usable_sources(files, o)
+        if not usable:
+            raise ConfigError(
+                f"generation.oss.source={o.source or str(root)!r}: no file ending in "
+                f"{', '.join(o.suffixes)} to draw snippets from (generation.oss.suffixes)"
+            )
+        return usable
+
+    def _contaminated(self):
+        """HumanEval's n-gram matcher when the filter decontaminates, else none."""
+        if not self.cfg.filter.decontaminate:
+            return lambda _text: None
+        from stages.decontam import humaneval_index
+
+        return humaneval_index(self.cfg.filter.decontam_ngram).match
+
+    def _check_magpie(self) -> None:
+        """Magpie sends a raw completion: a chat-only endpoint cannot serve it."""
+        from pipeline.configlib import ConfigError
+        from stages import magpie
+
+        if self.api != "completion":
+            raise ConfigError(
+                "generation.strategy includes magpie, which sends the chat template's prefix as a "
+                f"raw completion (/v1/completions), but llm.api resolves to {self.api!r} for this "
+                "endpoint: set llm.api=completion for an endpoint that serves raw completions "
+                "(llama.cpp, vLLM); a chat-only endpoint (OpenAI) cannot run magpie"
+            )
+        try:
+            magpie.family(self.cfg.generation.magpie, self.model or "")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def _code(
         self,
@@ -288,8 +429,6 @@ class Run:
         files: StageFiles,
         kept: list[dict],
     ) -> None:
-        from stages import verify
-
         cfg, g = self.cfg, self.cfg.generation
         st = {
             name: self._stage(files, name)
@@ -297,6 +436,17 @@ class Run:
         }
         code_examples = [s for s in pool if s.get("tests")] or pool
         deduper = dedup.Deduper(cfg.dedup, against=seed_records)
+        from stages import strategies
+
+        mix = g.strategy_mix() if g.strategy != "alpaca" else None
+        if cfg.judge.enabled:
+            st["judge"] = self._stage(files, "judge")
+        snippets = self._oss_sources() if mix and "oss" in mix else None
+        # Problems per request: an alpaca batch asks for tasks_per_request, the others for one.
+        per_request = sum(
+            share * (g.tasks_per_request if name == "alpaca" else 1)
+            for name, share in (mix or {"alpaca": 1.0}).items()
+        )
         sent = 0
         clock = _Clock()
         with self._bar(g.num, "code") as bar:
@@ -305,15 +455,23 @@ class Run:
                 if wanted <= 0 or client.stop_reason:
                     break
                 n_problems = max(1, math.ceil(wanted * g.code_overgenerate))
-                n_req = max(1, math.ceil(n_problems / g.tasks_per_request))
-                reqs = generate.round_requests(sent, n_req, g, pool, prompts.render, self.api)
+                n_req = max(1, math.ceil(n_problems / per_request))
+                if mix:
+                    reqs = strategies.round_requests(
+                        sent, n_req, g, pool, prompts.render, self.api, model=client.model,
+                        round_no=_round, generated=kept, snippets=snippets,
+                        stats=st["generate"], contaminated=self._contaminated(),
+                    )  # fmt: skip
+                    parse = strategies.parse_replies
+                else:
+                    reqs = generate.round_requests(sent, n_req, g, pool, prompts.render, self.api)
+                    parse = generate.parse_replies
                 sent += n_req
                 chain: Iterable[dict] = clock.wrap(
-                    generate.parse_replies(client.stream(reqs), st["generate"], mode="code"),
-                    st["generate"],
+                    parse(client.stream(reqs), st["generate"], mode="code"), st["generate"]
                 )
                 chain = clock.wrap(deduper.run(chain, st["dedup"]), st["dedup"])
-                chain = clock.wrap(filters.run(chain, cfg.filter, st["filter"]), st["filter"])
+                chain = clock.wrap(self.engine.filter(chain, cfg.filter, st["filter"]), st["filter"])
                 chain = clock.wrap(
                     generate.solve(
                         chain, client.stream, prompts.render, g, code_examples, self.api,
@@ -321,11 +479,15 @@ class Run:
                     ),
                     st["solve"],
                 )  # fmt: skip
-                chain = clock.wrap(verify.run(chain, cfg.verify, st["verify"]), st["verify"])
+                chain = clock.wrap(
+                    self.engine.verify(chain, cfg.verify, st["verify"]), st["verify"]
+                )
+                chain = self._judged(chain, client, st, clock)
                 for rec in chain:
                     kept.append(rec)
                     bar.update(1)
         clock.charge()
+        self._select(kept, files)
         if len(kept) < g.num and not client.stop_reason:
             self.stop_reason = "max_rounds"
 

@@ -22,10 +22,13 @@ STAGE_FILES: dict[str, dict[str, str]] = {
         "seeds": "00_seeds",
         "generate": "01_generated",
         "dedup": "02_dedup",
+        "classify": "02a_classify",  # generation.strategy with classification
         "answer": "02b_answer",  # general mode, answer_mode=chat
         "filter": "03_filter",
         "solve": "03b_solve",  # code mode: tests and candidates
         "verify": "04_verify",
+        "judge": "04b_judge",  # judge.enabled: after filter (general) or verify (code)
+        "select": "04c_select",  # judge.top_k
         "export": "05_export",
     },
     "ingest": {
@@ -65,14 +68,16 @@ def resolve_run_dir(arg: str | Path, output_dir: str | Path = "outputs") -> Path
     raise FileNotFoundError(f"{arg}: not a run directory (nor {q})")
 
 
-def final_records_path(run_dir: Path) -> Path | None:
-    """The last stage file holding kept records (what export reads), or None."""
-    for mode in ("code", "general", "ingest"):
-        layout = layout_for(mode)
-        for stage in reversed([s for s in layout if s not in ("export", "seeds")]):
-            p = Path(run_dir) / f"{layout[stage]}.jsonl"
-            if p.exists() and (mode != "ingest" or stage == "filter"):
-                return p
+def final_records_path(run_dir: Path, mode: str) -> Path | None:
+    """The last stage file of a ``mode`` run that holds kept records (what export reads)."""
+    layout = layout_for(mode)
+    stages = [s for s in layout if s not in ("export", "seeds")]
+    if mode == "general":
+        stages = [s for s in stages if s not in ("solve", "verify")]
+    for stage in reversed(stages):
+        p = Path(run_dir) / f"{layout[stage]}.jsonl"
+        if p.exists():
+            return p
     return None
 
 

@@ -36,6 +36,10 @@ from dataclasses import dataclass
 
 from stages import prompting, seeds
 from stages.base import Failure, Render, Request, Response, StageStats, Stream, help_field
+from stages.classify import ClassifyConfig
+from stages.evol import EvolConfig
+from stages.magpie import MagpieConfig
+from stages.oss import OssConfig
 from stages.parsing import extract_code, parse_tasks
 
 _help = help_field
@@ -79,8 +83,24 @@ class GenerationConfig:
     code_rounds: int = _help(
         "code mode: rounds of problem generation before giving up on reaching num", 4
     )
+    strategy: str | dict[str, float] = _help(
+        "how new tasks are made: alpaca | classification | evol | oss | magpie, or a weighted mix such as {alpaca: 0.5, evol: 0.3, magpie: 0.2} (request i is given a strategy by an RNG seeded on i)",
+        "alpaca",
+    )
+    evol: EvolConfig = _help("strategy evol: Evol-Instruct rewrites", factory=EvolConfig)
+    magpie: MagpieConfig = _help(
+        "strategy magpie: the model writes the user turn from its chat template's prefix",
+        factory=MagpieConfig,
+    )
+    oss: OssConfig = _help(
+        "strategy oss: code problems grounded in real snippets (code mode)", factory=OssConfig
+    )
+    classification: ClassifyConfig = _help(
+        "strategy classification: Self-Instruct's output-first instances", factory=ClassifyConfig
+    )
 
     def __post_init__(self) -> None:
+        self.strategy_mix()  # validates generation.strategy
         if self.answer_mode not in ("inline", "chat", "auto"):
             raise ValueError(
                 f"generation.answer_mode={self.answer_mode!r}: use 'inline', 'chat' or 'auto'"
@@ -115,6 +135,48 @@ class GenerationConfig:
     @property
     def request_cap(self) -> int:
         return self.max_requests or 50 * self.num
+
+    def strategy_mix(self) -> dict[str, float]:
+        """``generation.strategy`` as ``{name: share}`` with shares summing to 1."""
+        raw = {self.strategy: 1.0} if isinstance(self.strategy, str) else dict(self.strategy)
+        allowed = STRATEGIES[self.mode]
+        for name, w in raw.items():
+            if name not in allowed:
+                hint = " (oss needs mode code)" if name == "oss" else ""
+                raise ValueError(
+                    f"generation.strategy: {name!r} is not a {self.mode}-mode strategy{hint}; use {', '.join(allowed)}"
+                )
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ValueError(
+                    f"generation.strategy.{name}={w!r}: a share must be a number >= 0"
+                )
+        total = sum(raw.values())
+        if not raw or total <= 0:
+            raise ValueError(
+                f"generation.strategy={self.strategy!r}: give at least one strategy a share above 0"
+            )
+        return {k: w / total for k, w in raw.items() if w > 0}
+
+    def strategy_for(self, i: int) -> str:
+        """The strategy of request ``i``: an RNG seeded on ``(seed, i)`` over the mix's shares."""
+        mix = self.strategy_mix()
+        if len(mix) == 1:
+            return next(iter(mix))
+        x = random.Random(f"{self.seed}:strategy:{i}").random()
+        acc = 0.0
+        for name, share in mix.items():
+            acc += share
+            if x < acc:
+                return name
+        return name
+
+
+# Strategies each mode can run: OSS-Instruct makes code problems only; classification and
+# Magpie make general tasks (their instructions carry no function to test).
+STRATEGIES = {
+    "general": ("alpaca", "classification", "evol", "magpie"),
+    "code": ("alpaca", "evol", "oss"),
+}
 
 
 # -- batch requests ---------------------------------------------------------------------------
@@ -227,6 +289,7 @@ def parse_replies(
             stats.drop({"id": f"g{i}", "meta": {"request": i, "error": resp.error}}, resp.kind)
             continue
         meta = {
+            **req.tag.get("meta", {}),
             "template": req.tag["template"],
             "seeds": req.tag["seeds"],
             "model": resp.model,
@@ -312,37 +375,47 @@ def answer(
 
     def requests() -> Iterator[Request]:
         for rec in stats.admit(records):
-            params = {
-                "temperature": cfg.answer_temperature,
-                "top_p": cfg.top_p,
-                "max_tokens": cfg.max_tokens,
-                "seed": cfg.seed,
-            }
-            text = prompting.answer_prompt(render, rec)
-            yield Request(
-                kind="answer",
-                messages=[{"role": "user", "content": text}],
-                params=params,
-                tag=rec,
-                api="chat",
-            )
+            yield answer_request(rec, render, cfg)
 
     for req, resp in llm(requests()):
         rec = req.tag
         if isinstance(resp, Failure):
             stats.drop({**rec, "meta": {**rec["meta"], "error": resp.error}}, resp.kind)
             continue
-        meta = {
-            **rec["meta"],
-            "inline_output": rec.get("output", ""),
-            "answer": {
-                "finish_reason": resp.finish_reason,
-                "request_id": resp.request_id,
-                "usage": _usage(resp),
-            },
+        yield stats.keep(answered(rec, resp))
+
+
+def answer_request(rec: dict, render: Render, cfg: GenerationConfig) -> Request:
+    """The chat request that answers ``rec`` (its ``tag`` is the record)."""
+    params = {
+        "temperature": cfg.answer_temperature,
+        "top_p": cfg.top_p,
+        "max_tokens": cfg.max_tokens,
+        "seed": cfg.seed,
+    }
+    text = prompting.answer_prompt(render, rec)
+    return Request(
+        kind="answer",
+        messages=[{"role": "user", "content": text}],
+        params=params,
+        tag=rec,
+        api="chat",
+    )
+
+
+def answered(rec: dict, resp: Response) -> dict:
+    """``rec`` with the chat reply as its output and the answer's provenance in ``meta``."""
+    meta = {
+        **rec["meta"],
+        "inline_output": rec.get("output", ""),
+        "answer": {
             "finish_reason": resp.finish_reason,
-        }
-        yield stats.keep({**rec, "output": resp.text.strip(), "meta": meta})
+            "request_id": resp.request_id,
+            "usage": _usage(resp),
+        },
+        "finish_reason": resp.finish_reason,
+    }
+    return {**rec, "output": resp.text.strip(), "meta": meta}
 
 
 # -- stage: solve (code mode) -----------------------------------------------------------------

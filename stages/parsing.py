@@ -1,14 +1,18 @@
 """Reply parsing: pure text in, fields out. No I/O, no stats.
 
 :func:`parse_tasks` splits a batch reply into tasks tolerantly (misnumbered, merged,
-markdown-decorated or truncated items); :func:`extract_code` is the project's one code-fence
-extractor (generation, filters, ingest and the evaluation harness all use it);
+markdown-decorated or truncated items, completion-style or chat-style with preambles, headings,
+numbered lists, bold labels, fences and closing remarks); :func:`extract_code` is the project's
+one code-fence extractor (generation, filters, ingest and the evaluation harness all use it),
+with :func:`extract_tests` and :func:`extract_solution` on top of it for the two code replies;
 :func:`is_no_input` is the one "no input" normaliser.
 """
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,22 +41,66 @@ NO_INPUT_SPELLINGS = [
     "no input necessary",
 ]
 
-# A task header: "Task 4", "### Task 4:", "**Task 4.**", "4. " at a line start, "Problem 4".
+# -- batch replies -> tasks ---------------------------------------------------------------------
+#
+# Two kinds of reply reach the parser. A completion-style reply (SmolLM2, or any model given a
+# few-shot prompt that ends inside "Task N\nInstruction:") continues the labelled format, often
+# misnumbered, merged or truncated. A chat-style reply (Qwen2.5-Coder and other instruct models)
+# wraps the same content in chat habits: a preamble ("Sure! Below are three new problems:"),
+# markdown headings ("### Problem 1: Title"), numbered lists ("1. **Title**: text"), bold
+# labels, fenced code, and closing chatter ("Let me know if ..."). The rules below remove each
+# habit by name, so that neither a preamble nor a bare code fence ever becomes an instruction.
+
+# A task header: "Task 4", "### Task 4:", "**Task 4.**", "Problem 4: Title", and a numbered
+# markdown heading or bold line ("### 2. Title", "**2. Title**").
 _HEADER = re.compile(
-    r"^[ \t>*#]*(?:task|problem|example)\s*#?\s*(\d+)\s*[:.)\-]*\**[ \t]*(.*)$", re.I | re.M
+    r"^[ \t>*#]*(?:task|problem|example|exercise)\s*#?\s*(\d+)\s*[:.)\-]*\**[ \t]*(.*)$"
+    r"|^[ \t]*(?:#{1,6}[ \t]*|\*\*[ \t]*)(\d{1,3})[.):][ \t]*\**[ \t]*(.*)$",
+    re.I | re.M,
 )
 _FIELD = re.compile(
-    r"^[ \t>*#\-]*(instructions?|input|output|response|answer)\s*\**\s*[:：]\s*\**[ \t]*",
+    r"^[ \t>*#\-]*(?:\d{1,3}[.)][ \t]*)?\**[ \t]*"
+    r"(instructions?|problem statement|problem description|description|input|expected output"
+    r"|output|response|answer)\s*\**\s*[:：]\s*\**[ \t]*",
     re.I | re.M,
 )
 _CANON = {
     "instruction": "instruction",
     "instructions": "instruction",
+    "problem statement": "instruction",
+    "problem description": "instruction",
+    "description": "instruction",
     "input": "input",
     "output": "output",
+    "expected output": "output",
     "response": "output",
     "answer": "output",
 }
+# Free-form items, used only when a reply has neither task headers nor field labels: a
+# top-level numbered item, a markdown heading, or a line that is all bold.
+_LIST_ITEM = re.compile(r"^[ ]{0,1}(\d{1,3})[.)][ \t]+(.*)$", re.M)
+_MD_HEADING = re.compile(r"^[ \t]*(#{1,6})[ \t]+(.*)$", re.M)
+_BOLD_LINE = re.compile(r"^[ \t]*\*\*([^*\n]+)\*\*[ \t]*:?[ \t]*$", re.M)
+# A line that only carries a list number or a title, left at the end of one task when the next
+# task's "Instruction:" was split off it ("2." / "**Task 2**" / "### Second task").
+_TRAILING_TITLE = re.compile(r"\n[ \t]*(?:\d{1,3}[.)]|#{1,6}[^\n]*|\*\*[^*\n]+\*\*:?)[ \t]*$")
+_FENCE_BLOCK = re.compile(r"```[^\n]*\n.*?(?:```|\Z)", re.S)
+_SEPARATOR = re.compile(r"^[ \t]*(?:-{3,}|\*{3,}|_{3,}|={3,})[ \t]*$", re.M)
+
+# The chat habits, as the first words of a paragraph. A preamble introduces the list; a closing
+# remark comments on it. Neither is a task.
+_PREAMBLE = re.compile(
+    r"^\W*(?:sure|certainly|of course|absolutely|okay|ok|great|alright|here(?:'s| is| are)"
+    r"|below (?:is|are)|i(?:'ve| have) (?:written|created|come up)|i(?:'d| would) be happy"
+    r"|as requested|these are|the following (?:are|is))\b",
+    re.I,
+)
+_CLOSING = re.compile(
+    r"^\W*(?:let me know|i hope|hope (?:this|these)|feel free|happy coding|enjoy|good luck"
+    r"|if you (?:need|have|want|would)|these (?:new )?(?:tasks|problems|functions|examples|exercises)"
+    r"|each (?:of these|task|problem|function)|this (?:set|list|collection)|note:|remember)\b",
+    re.I,
+)
 
 
 @dataclass
@@ -63,8 +111,25 @@ class Parsed:
     raw: str
 
 
+def is_chatter(paragraph: str) -> bool:
+    """True for a preamble or a closing remark of a chat reply (not a task)."""
+    p = _strip_markdown(paragraph).strip()
+    if not p:
+        return True
+    if _PREAMBLE.match(p) or _CLOSING.match(p):
+        return True
+    # "Three new problems:" / "New tasks:" and other one-line introductions of a list.
+    return "\n" not in p and p.endswith(":") and len(p) < 120 and not _FIELD.match(paragraph)
+
+
+def _strip_markdown(text: str) -> str:
+    text = re.sub(r"\*\*|__", "", text)
+    text = re.sub(r"^[ \t]*#{1,6}[ \t]+", "", text, flags=re.M)
+    return text
+
+
 def _clean(text: str) -> str:
-    text = text.strip()
+    text = _SEPARATOR.sub("", text).strip()
     # Markdown emphasis the model wraps around whole fields.
     text = re.sub(r"^\*\*\s*|\s*\*\*$", "", text).strip()
     return text
@@ -92,49 +157,177 @@ def _split_fields(block: str) -> dict[str, str]:
     return fields
 
 
+def _free_form_marks(text: str) -> list[re.Match]:
+    """Item boundaries of a reply without headers or labels: whichever kind of marker
+    (numbered item, markdown heading, bold line) comes first in it."""
+    kinds = [list(r.finditer(text)) for r in (_LIST_ITEM, _MD_HEADING, _BOLD_LINE)]
+    kinds = [k for k in kinds if k]
+    if not kinds:
+        return []
+    return min(kinds, key=lambda k: k[0].start())
+
+
+def _head_and_body(m: re.Match, text: str, end: int) -> str:
+    """A block: the header's own text (its title or inline instruction), then what follows."""
+    if m.re is _HEADER:
+        title = m.group(2) if m.group(1) is not None else m.group(4)
+    elif m.re is _BOLD_LINE:
+        title = m.group(1)
+    else:
+        title = m.group(2)
+    return (title or "") + "\n" + text[m.end() : end]
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p for p in re.split(r"\n[ \t]*\n", text) if p.strip()]
+
+
+def _drop_preamble(text: str) -> str:
+    """Leading chatter paragraphs of a reply without task headers, dropped."""
+    paras = _paragraphs(text)
+    while paras and is_chatter(paras[0]) and not _FIELD.search(paras[0]):
+        paras.pop(0)
+    return "\n\n".join(paras)
+
+
+_STRONG_CLOSING = re.compile(
+    r"\n[ \t]*\W*(?:let me know|i hope|hope (?:this|these) help|feel free|happy coding)\b[^\n]*$",
+    re.I,
+)
+
+
+def _drop_closing(block: str) -> str:
+    """A closing remark at the end of the last task ("Let me know if ..."), dropped."""
+    block = block.rstrip()
+    while m := _STRONG_CLOSING.search(block):
+        block = block[: m.start()].rstrip()
+    parts = re.split(r"(\n[ \t]*\n)", block)  # text, separator, text, ...
+    while len(parts) >= 3 and is_chatter(parts[-1]) and not _FIELD.search(parts[-1]):
+        parts = parts[:-2]
+    return "".join(parts)
+
+
 def split_blocks(text: str) -> list[str]:
-    """Cut a reply into task blocks at "Task N" headers, and at a repeated "Instruction:" when
-    the model merged two tasks without a header."""
+    """Cut a reply into task blocks at "Task N" headers (and numbered headings), at a repeated
+    "Instruction:" when the model merged two tasks without a header, and, in a reply with
+    neither, at its numbered items, headings or bold title lines. A preamble before the first
+    task and a closing remark after the last are left out."""
+    text = text.replace("\r\n", "\n")
     heads = list(_HEADER.finditer(text))
+    if not heads and not _FIELD.search(text):
+        heads = _free_form_marks(text)
+        # "Write `f(x)` so that:\n1. ...\n2. ...": a list inside one task, not a list of tasks.
+        if heads and not all(is_chatter(p) for p in _paragraphs(text[: heads[0].start()])):
+            heads = []
     blocks = []
     if not heads:
         blocks = [text]
     else:
-        if text[: heads[0].start()].strip():
-            blocks.append(text[: heads[0].start()])
+        pre = text[: heads[0].start()]
+        # Before the first header: a completion's continuation holds fields; a chat preamble
+        # does not.
+        if _FIELD.search(pre):
+            blocks.append(pre)
         for j, h in enumerate(heads):
             end = heads[j + 1].start() if j + 1 < len(heads) else len(text)
             # Keep the header's trailing text: "Task 4: Rewrite ..." has the instruction inline.
-            blocks.append(h.group(2) + "\n" + text[h.end() : end])
+            blocks.append(_head_and_body(h, text, end))
     out = []
     for b in blocks:
         while True:
             f = _split_fields(b)
             if "_merged_rest" in f:
                 idx = b.find(f["_merged_rest"])
-                out.append(b[:idx])
-                b = f["_merged_rest"]
+                first, rest = b[:idx], f["_merged_rest"]
+                # "1. **Instruction:** ... 2. **Instruction:** ...": the "2." belongs to the
+                # next task, not to the end of this one's output.
+                t = _TRAILING_TITLE.search(first.rstrip())
+                if t:
+                    first = first.rstrip()[: t.start()]
+                out.append(first)
+                b = rest
                 continue
             out.append(b)
             break
-    return [b for b in out if b.strip()]
+    if out:
+        if not heads:
+            out[0] = _drop_preamble(out[0])
+        out[-1] = _drop_closing(out[-1])
+    return [b for b in out if b.strip() and not _SEPARATOR.fullmatch(b.strip())]
+
+
+_SIGNATURE = re.compile(r"`\s*(?:def\s+)?([A-Za-z_]\w*\s*\([^`]*\))\s*`")
+
+
+def _prose(text: str) -> str:
+    """A block's text as one paragraph of prose: code fences, markdown and bullets removed,
+    lines joined."""
+    text = _FENCE_BLOCK.sub("\n\n", text)
+    text = _strip_markdown(_SEPARATOR.sub("", text))
+    lines = []
+    for line in text.splitlines():
+        line = re.sub(r"^[ \t]*(?:[-*•+]|\d{1,3}[.)])[ \t]+", "", line).strip()
+        if line:
+            lines.append(line)
+    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
+
+def _compose(head: str, body: str) -> str | None:
+    """The instruction of a task with no "Instruction:" label: its body prose, or, with no
+    body, its title. A title that is only a function signature ("Function `f(x)`:") becomes
+    "Write a Python function `f(x)`." in front of the body."""
+    title = _prose(head).rstrip(":").strip()
+    paras = _paragraphs(_FENCE_BLOCK.sub("\n\n", body))
+    if paras and is_chatter(paras[0]):
+        paras = paras[1:]
+    text = _prose("\n\n".join(paras))
+    # "... Example:" left dangling where a fence was cut out.
+    if text.endswith(":"):
+        cut = max(text.rfind(". "), text.rfind("? "), text.rfind("! "))
+        text = text[: cut + 1] if cut > 0 else text
+    if not text:
+        return None if (not title or is_chatter(head)) else title
+    sig = _SIGNATURE.search(title)
+    if sig and sig.group(1).split("(")[0].strip() not in text:
+        return f"Write a Python function `{sig.group(1)}`. {text}"
+    return text
+
+
+def _instruction_and_code(instruction: str) -> tuple[str, str]:
+    """(prose, code): an instruction field cut at its first code fence."""
+    m = _FENCE_BLOCK.search(instruction)
+    if not m:
+        return instruction, ""
+    return instruction[: m.start()], instruction[m.start() :]
 
 
 def parse_tasks(text: str, *, need_output: bool = True) -> list[Parsed]:
-    """Tolerant parse of a batch reply into tasks (fields may be missing; the caller decides)."""
+    """Tolerant parse of a batch reply into tasks (fields may be missing; the caller decides).
+
+    ``need_output=True`` is general mode (instruction, input, output); ``False`` is code mode,
+    where an instruction is prose only (a code fence in it is the model's solution, dropped)."""
     items = []
     for block in split_blocks(text):
         f = _split_fields(block)
         instruction = f.get("instruction")
-        if instruction is None and f.get("_head"):
-            instruction = f["_head"]  # "Task 4: Rewrite the sentence..." with no Instruction: label
-        if instruction is None and not f:
-            instruction = block if not need_output else None
-        inp = _clean(f.get("input", ""))
+        inp = f.get("input", "")
+        if instruction is None and f:
+            # "Task 4: Rewrite the sentence..." with no Instruction: label.
+            instruction = f.get("_head")
+        if not f:
+            head, _, body = block.partition("\n")
+            instruction = _compose(head, body)
+        if instruction is not None:
+            instruction, code = _instruction_and_code(instruction)
+            if code and need_output and not inp.strip():
+                inp = code  # "Explain what this code does:\n```python ...```" without Input:
+            instruction = _clean(instruction)
+            if instruction and is_chatter(instruction) and not f.get("instruction"):
+                instruction = None
         items.append(
             Parsed(
-                instruction=_clean(instruction) if instruction and _clean(instruction) else None,
-                input=normalize_input(inp),
+                instruction=instruction or None,
+                input=normalize_input(_clean(inp)),
                 output=_clean(f["output"])
                 if f.get("output") is not None and _clean(f["output"])
                 else None,
@@ -189,3 +382,84 @@ def extract_code(text: str) -> str:
     return text.strip("\n").split("```")[0].rstrip()
 
 
+# -- tests and solutions -----------------------------------------------------------------------
+
+
+def _dropped_lines(node: ast.stmt) -> range:
+    first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+    return range(first - 1, node.end_lineno or node.lineno)
+
+
+def _imports_function(node: ast.stmt, function: str) -> bool:
+    """``from solution import f`` (any module outside the standard library): the sandbox has
+    no such module; the candidate is already defined in the same namespace."""
+    if isinstance(node, ast.ImportFrom):
+        top = (node.module or "").split(".")[0]
+        return top not in sys.stdlib_module_names and any(
+            a.name in (function, "*") for a in node.names
+        )
+    return False
+
+
+def extract_tests(text: str, function: str | None = None) -> str:
+    """A unit-test reply's code without the function under test: chat models often paste
+    their own ``def function(...)`` above the asserts, and that copy would shadow the candidate
+    (the verify stage rejects such tests as ``tests_call_nothing``), so top-level definitions of
+    ``function`` and imports of it from a non-standard module are dropped."""
+    code = extract_code(text)
+    if not function:
+        return code
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return code
+    drop: set[int] = set()
+    for node in tree.body:
+        own = (
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            and node.name == function
+        )
+        if own or _imports_function(node, function):
+            drop.update(_dropped_lines(node))
+    if not drop:
+        return code
+    lines = [x for i, x in enumerate(code.splitlines()) if i not in drop]
+    return "\n".join(lines).strip("\n")
+
+
+# A top-level line that starts a demonstration after the definitions: prints, asserts, a main
+# guard, or a comment announcing tests, examples or usage.
+_DEMO = re.compile(
+    r"^(?:print\s*\(|assert\b|if\s+__name__\s*==|#.*\b(?:tests?|test cases?|examples?|usage|demo|output)\b)",
+    re.I,
+)
+_TOP_DEF = re.compile(r"^(?:async\s+def|def|class|@)\b|^@")
+
+
+def extract_solution(text: str) -> str:
+    """A solution reply's code without the demonstration chat models append after the function
+    (``# Test cases`` / ``print(f(...))`` / ``if __name__ == "__main__":``): it is not part of
+    the solution, it prints into the verification run, and a syntax error in it (a missing
+    parenthesis in a ``print``) fails a correct function. Line-based, so such a tail is cut even
+    where the whole does not parse."""
+    code = extract_code(text)
+    lines = code.splitlines()
+    last_def = max((i for i, x in enumerate(lines) if _TOP_DEF.match(x)), default=None)
+    if last_def is None:
+        return code
+    defined = set(
+        re.findall(r"^(?:async\s+)?def\s+([A-Za-z_]\w*)|^class\s+([A-Za-z_]\w*)", code, re.M)
+    )
+    names = {a or b for a, b in defined}
+    calls = (
+        re.compile(r"^(?:[A-Za-z_]\w*\s*=\s*)?(?:" + "|".join(map(re.escape, names)) + r")\s*\(")
+        if names
+        else None
+    )
+    for i in range(last_def + 1, len(lines)):
+        line = lines[i]
+        if not line.strip() or line[0] in " \t)]}":
+            continue  # inside the last definition (or closing its brackets)
+        if _DEMO.match(line) or (calls and calls.match(line)):
+            return "\n".join(lines[:i]).rstrip()
+    return code

@@ -93,7 +93,7 @@ FRAME_LEN = TOKEN_LEN + 1 + 4  # token, kind (b"A" held / b"D" done), big-endian
 _CANDIDATE_FILE = "<candidate>"
 _TESTS_FILE = "<tests>"
 # The audit events the harness raises; the hook honours each one only from the harness frame at
-# the line where that event is raised (found in _child's bytecode by _event_line).
+# the line where that event is raised (found in _child's bytecode by report_lines).
 _REPORT_EVENT = "verify.report"
 _HELD_EVENT = "verify.held"
 _DONE_EVENT = "verify.done"
@@ -302,8 +302,9 @@ def _make_hook(token: bytes, report_fd: int, main_frame, lines: dict, trusted: t
     return hook
 
 
-def _child(job: dict, arm_fd: int, report_fd: int) -> None:
-    """The forked child: limits, then the candidate and the tests under the armed hook."""
+def _child(job: dict, arm_fd: int, report_fd: int, lines: dict[str, int]) -> None:
+    """The forked child: limits, then the candidate and the tests under the armed hook.
+    ``lines``: where this function raises each report event (:func:`report_lines`)."""
     import builtins
     import resource
 
@@ -357,7 +358,6 @@ def _child(job: dict, arm_fd: int, report_fd: int) -> None:
     run, base_exc, audit, rng, describe = exec, BaseException, sys.audit, range, _describe
     # The hook accepts each report only from this frame, at the line of its audit() call below.
     frame = sys._getframe()
-    lines = {e: _event_line(e) for e in (_REPORT_EVENT, _HELD_EVENT, _DONE_EVENT)}
     sys.addaudithook(_make_hook(token, report_fd, frame, lines, job["trusted"]))
     del token, frame
     if not per_assert:
@@ -408,14 +408,18 @@ def _child(job: dict, arm_fd: int, report_fd: int) -> None:
         pass
 
 
-def _event_line(event: str) -> int:
-    """The line of ``_child`` that raises ``event`` (found in its bytecode)."""
+def report_lines() -> dict[str, int]:
+    """The line of ``_child`` that raises each report event, found in its bytecode (once per
+    zygote: reading the bytecode costs milliseconds, a third of a whole run)."""
     import dis
 
+    lines = {}
     for ins in dis.get_instructions(_child):
-        if ins.opname == "LOAD_CONST" and ins.argval == event:
-            return ins.positions.lineno
-    raise RuntimeError(f"harness: the {event} call was not found")
+        if ins.opname == "LOAD_CONST" and ins.argval in (_REPORT_EVENT, _HELD_EVENT, _DONE_EVENT):
+            lines.setdefault(ins.argval, ins.positions.lineno)
+    if len(lines) != 3:
+        raise RuntimeError(f"harness: report calls not found (found {sorted(lines)})")
+    return lines
 
 
 def _describe(e: BaseException, tests_lines: list[str]) -> tuple[str, str]:
@@ -503,7 +507,7 @@ def _wipe(path: str) -> None:
             pass
 
 
-def _zygote_run(job: dict, sandboxed: bool) -> dict:
+def _zygote_run(job: dict, sandboxed: bool, lines: dict[str, int]) -> dict:
     arm_r, arm_w = os.pipe()
     rep_r, rep_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -532,7 +536,7 @@ def _zygote_run(job: dict, sandboxed: bool) -> dict:
                     os.closerange(lo, fd)
                     lo = fd + 1
             os.chdir(scratch)
-            _child(job, arm_r, rep_w)
+            _child(job, arm_r, rep_w, lines)
             code = 0
         finally:
             exit_now(code)
@@ -649,6 +653,7 @@ def _zygote_main(sandboxed: bool) -> None:
     """Read one JSON job per line on stdin, answer one JSON result per line on stdout."""
     import resource  # noqa: F401 - imported once here so that each fork starts warm
 
+    lines = report_lines()
     inp = os.fdopen(0, "rb", buffering=0)
     out = os.fdopen(1, "wb", buffering=0)
     buf = b""
@@ -661,7 +666,7 @@ def _zygote_main(sandboxed: bool) -> None:
             line, buf = buf.split(b"\n", 1)
             job = json.loads(line)
             try:
-                res = _zygote_run(job, sandboxed)
+                res = _zygote_run(job, sandboxed, lines)
             except Exception as e:  # noqa: BLE001 - answer, never die
                 res = {"status": "error", "detail": cap(f"harness: {type(e).__name__}: {e}")}
             out.write(json.dumps(res).encode() + b"\n")

@@ -291,7 +291,8 @@ class _Outcome:
     def ran(self, res: execution.ExecResult) -> None:
         self.counters["candidates_run"] += 1
         self.counters[f"status_{res.status}"] += 1
-        self.counters["candidates_passed"] += res.passed
+        if res.passed:
+            self.counters["candidates_passed"] += 1
         self.statuses.append({"status": res.status, "detail": res.detail})
 
 

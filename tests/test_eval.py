@@ -674,3 +674,43 @@ def test_endpoint_against_the_embedded_llama_cpp_server(embedded_server, tmp_pat
     for line in (out / f"{label}.jsonl").read_text().splitlines():
         code = json.loads(line)["samples"][0]["code"]
         assert all(stop not in code for stop in he.STOP_SEQUENCES)
+
+
+def test_without_an_adapter_an_instruct_model_is_asked_in_its_chat_template(tiny_model, tmp_path):
+    """No adapter, no flags: a model whose tokenizer has a chat template is prompted with it
+    (SmolLM2-Instruct: 8 of 164 that way, 0 continuing the raw prompt); one without a template
+    continues the HumanEval prompt. The summary and the table say which."""
+    import shutil
+
+    from finetune.data import format_prompt
+    from finetune.model import load_tokenizer
+
+    common = ["--limit", "1", "--max-new-tokens", "4", "--device", "cpu", "--timeout", "20"]
+    assert ev.main(["--model", str(tiny_model), *common, "--output", str(tmp_path / "c")]) == 0
+    doc = json.loads((tmp_path / "c" / "summary.json").read_text())
+    ((label, res),) = doc["results"].items()
+    assert doc["settings"]["prompt_mode"] == "instruction"
+    assert res["prompt"] == "chat_template" and res["prompt_format"] == "chat_template"
+    tok = load_tokenizer(tiny_model)
+    args = ev.build_parser().parse_args(["--model", str(tiny_model)])
+    mode, fmt = ev.prompt_form(args, tok)
+    (prompt,) = ev.build_prompts(he.load_problems(limit=1), mode, tok, fmt)
+    assert prompt == format_prompt(*he.instruction_for(he.load_problems(limit=1)[0]), tok, fmt)
+    assert prompt.startswith("<|user|>\n") and prompt.endswith("<|assistant|>\n")
+
+    plain = tmp_path / "no-template"
+    shutil.copytree(tiny_model, plain)
+    for f in ("chat_template.jinja", "chat_template.json"):
+        (plain / f).unlink(missing_ok=True)
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert ev.main(["--model", str(plain), *common, "--output", str(tmp_path / "p")]) == 0
+    doc = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert doc["settings"]["prompt_mode"] == "completion"
+    assert [r["prompt"] for r in doc["results"].values()] == ["completion"]
+    # --prompt-mode completion still continues the raw prompt of a chat model.
+    r = ["--model", str(tiny_model), "--prompt-mode", "completion", *common]
+    assert ev.main([*r, "--output", str(tmp_path / "r")]) == 0
+    doc = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert doc["settings"]["prompt"] == ["completion"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.prompts import render
 from pipeline.stats import StageStats
-from stages import generate
+from stages import generate, parsing, prompting
 
 EXAMPLES = [
     {
@@ -21,26 +21,28 @@ EXAMPLES = [
 
 
 def test_task_block_renders_exactly():
-    assert generate.format_task(2, EXAMPLES[1]) == (
+    assert prompting.format_task(render, 2, EXAMPLES[1]) == (
         "Task 2\nInstruction: Classify the sentiment of the review.\nInput: The battery died after two days.\nOutput: negative"
     )
-    assert generate.format_task(1, EXAMPLES[0]).splitlines()[2] == "Input: <none>"
+    assert prompting.format_task(render, 1, EXAMPLES[0]).splitlines()[2] == "Input: <none>"
 
 
 def test_completion_prompt_ends_where_the_model_continues():
-    name, text = generate.general_prompt(EXAMPLES, 3, "completion")
+    name, text = prompting.general_prompt(render, EXAMPLES, 3, "completion")
     assert name == "general_completion"
     assert text.endswith("\n\nTask 3\nInstruction:")
     assert text.count("Task ") == 3
 
 
 def test_chat_prompt_asks_for_the_numbered_batch():
-    name, text = generate.general_prompt(EXAMPLES, 4, "chat")
+    name, text = prompting.general_prompt(render, EXAMPLES, 4, "chat")
     assert name == "general_chat"
     assert "numbered Task 3 to Task 6" in text
     assert text == render(
         "general_chat",
-        examples="\n\n".join(generate.format_task(i + 1, r) for i, r in enumerate(EXAMPLES)),
+        examples="\n\n".join(
+            prompting.format_task(render, i + 1, r) for i, r in enumerate(EXAMPLES)
+        ),
         count=4,
         next=3,
         last=6,
@@ -60,7 +62,7 @@ Your answer must be a numbered task with a specific length (3-5 sentences)."""
 
 
 def test_parser_takes_the_prefix_and_a_rambling_tail():
-    items = generate.parse_tasks("Task 4\nInstruction:" + REPLY_RAMBLING)
+    items = parsing.parse_tasks("Task 4\nInstruction:" + REPLY_RAMBLING)
     assert len(items) == 1
     assert items[0].instruction == "How to make a homemade cat-alligator"
     assert items[0].input == ""
@@ -68,7 +70,7 @@ def test_parser_takes_the_prefix_and_a_rambling_tail():
 
 
 def test_parser_reads_an_instruction_inline_in_the_header():
-    [item] = generate.parse_tasks(REPLY_INLINE_HEADER)
+    [item] = parsing.parse_tasks(REPLY_INLINE_HEADER)
     assert item.instruction == "Rewrite the sentence in passive voice"
     assert item.output.startswith("The committee approved")
 
@@ -88,7 +90,7 @@ Output: 2, 3, 5
 ### Task 7.
 Instructions: Give an antonym of "cold".
 Response: hot"""
-    items = generate.parse_tasks(text)
+    items = parsing.parse_tasks(text)
     assert [i.instruction for i in items] == [
         "Classify the word as noun or verb.",
         "Name three primes.",
@@ -138,18 +140,19 @@ def test_unparseable_reply_keeps_the_raw_text():
 
 def test_code_helpers():
     assert (
-        generate.function_name("Write a Python function `merge_intervals(intervals)` that merges.")
+        prompting.function_name("Write a Python function `merge_intervals(intervals)` that merges.")
         == "merge_intervals"
     )
-    assert generate.function_name("Write a function called is_leap that checks years.") == "is_leap"
     assert (
-        generate.extract_code("Here:\n```python\ndef f(x):\n    return x\n```\nDone")
+        prompting.function_name("Write a function called is_leap that checks years.") == "is_leap"
+    )
+    assert (
+        parsing.extract_code("Here:\n```python\ndef f(x):\n    return x\n```\nDone")
         == "def f(x):\n    return x"
     )
     # Completion prompts open the fence themselves; the model's text ends at the closing one.
     assert (
-        generate.extract_code("```python\n" + "def g():\n    return 1\n")
-        == "def g():\n    return 1"
+        parsing.extract_code("```python\n" + "def g():\n    return 1\n") == "def g():\n    return 1"
     )
     rec = generate.attach_code(
         {"id": "p"}, ["", "assert f(1) == 1"], ["def f(x):\n    return x", "  "]

@@ -373,32 +373,52 @@ def test_qa_chat_prompt_renders_exactly() -> None:
     )
 
 
-def test_config_pops_the_ingest_section_and_validates(tmp_path: Path) -> None:
+def test_ingest_is_a_section_of_the_pipeline_config(tmp_path: Path) -> None:
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("ingest:\n  qa_per_doc: 2\n  max_files: 5\nllm:\n  concurrency: 3\n")
-    cfg, icfg = load_ingest_config(
-        cfg_file, ["ingest.max_files=7", "dedup.threshold=0.5"], kind="docs", run="r1"
+    cfg_file.write_text(
+        "ingest:\n  qa_per_doc: 2\n  max_files: 5\n  snapshot_date: 2024-05-01\n"
+        "llm:\n  concurrency: 3\n"
     )
-    assert (icfg.qa_per_doc, icfg.max_files, icfg.kind) == (2, 7, "docs")
+    cfg = load_config(cfg_file, ["ingest.max_files=7", "dedup.threshold=0.5", "run=r1"])
+    icfg = cfg.ingest
+    assert (icfg.qa_per_doc, icfg.max_files, icfg.kind) == (2, 7, "repo")
+    # YAML reads an unquoted date as a date; the config keeps its ISO string.
+    assert icfg.snapshot_date == "2024-05-01"
     assert cfg.llm.concurrency == 3 and cfg.dedup.threshold == 0.5 and cfg.run == "r1"
-    assert "file" not in cfg.filter.blocklist and "image" in cfg.filter.blocklist
     with pytest.raises(ConfigError, match="ingest.max_chunk"):
-        load_ingest_config(None, ["ingest.max_chunk=5"])
+        load_config(None, ["ingest.max_chunk=5"])
     with pytest.raises(ConfigError, match="ingest.max_tokens_per_chunk=10"):
-        load_ingest_config(None, ["ingest.max_tokens_per_chunk=10"])
+        load_config(None, ["ingest.max_tokens_per_chunk=10"])
     with pytest.raises(ConfigError, match="ingest.validation_fraction"):
-        load_ingest_config(None, ["ingest.validation_fraction=1.5"])
+        load_config(None, ["ingest.validation_fraction=0.2"])  # the split is export's now
+    with pytest.raises(ConfigError, match="export.validation_fraction=1.5"):
+        load_config(None, ["export.validation_fraction=1.5"])
     with pytest.raises(ConfigError, match="ingest.snapshot_date"):
-        load_ingest_config(None, ["ingest.snapshot_date=yesterday"])
+        load_config(None, ["ingest.snapshot_date=yesterday"])
+    with pytest.raises(ConfigError, match="ingest.snapshot_date"):
+        load_config(None, ["ingest.snapshot_date=2024-05-01 10:00:00"])
     with pytest.raises(ConfigError, match="llm.concurrency"):
-        load_ingest_config(None, ["llm.concurrency=0"])
+        load_config(None, ["llm.concurrency=0"])
     with pytest.raises(ValueError, match="ingest.kind"):
         IngestConfig(kind="wiki")
 
 
+def test_ingest_defaults_lie_under_the_users_config(tmp_path: Path) -> None:
+    cfg = load_ingest_config(None, ["dedup.threshold=0.5"], kind="docs", run="r1")
+    assert cfg.ingest.kind == "docs" and cfg.run == "r1" and cfg.dedup.threshold == 0.5
+    assert "file" not in cfg.filter.blocklist and "image" in cfg.filter.blocklist
+    assert cfg.filter.mode == "general"
+    assert "file" in load_config(None).filter.blocklist  # generate's default is untouched
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("ingest:\n  kind: repo\nfilter:\n  blocklist: [lorem]\n")
+    cfg = load_ingest_config(cfg_file, ["filter.mode=code"], kind="docs")
+    assert cfg.filter.blocklist == ["lorem"] and cfg.filter.mode == "code"
+    assert cfg.ingest.kind == "docs"  # --kind wins over the file
+
+
 def test_shipped_config_loads() -> None:
-    cfg, icfg = load_ingest_config(REPO_ROOT / "configs" / "ingest.yaml")
-    assert icfg.max_tokens_per_chunk == 8192 and icfg.validation_fraction == 0.1
+    cfg = load_config(REPO_ROOT / "configs" / "ingest.yaml")
+    assert cfg.ingest.max_tokens_per_chunk == 8192 and cfg.export.validation_fraction == 0.1
 
 
 # -- the walk ---------------------------------------------------------------------------------
@@ -420,6 +440,10 @@ def test_walk_skips_each_planted_file_with_its_reason(fixture_repo: Path) -> Non
     kinds = {s["path"]: {f["kind"] for f in s.get("findings", [])} for s in w.skipped}
     assert kinds["deploy/deploy_key"] >= {"private_key"} and kinds["ci.yml"] >= {"github_token"}
     assert sorted(d.path for d in w.documents) == [".gitignore", "docs/guide.md", "src/app.py"]
+    # The walk's books: every listed path is either a document or a skip, once.
+    assert w.stats.balance_error() is None
+    assert w.stats.entered == w.listed == len(w.documents) + len(w.skipped)
+    assert w.stats.dropped["secret"] == 4 and w.stats.kept == 3
 
 
 def test_walk_of_a_plain_folder_honours_nested_gitignores(tmp_path: Path) -> None:
@@ -465,21 +489,25 @@ def echo_qa(body: dict, n: int) -> Reply:
     return Reply(body=completion_body(text, chat=True, prompt_tokens=200, completion_tokens=40))
 
 
+SHIPPED = REPO_ROOT / "configs" / "ingest.yaml"
+
+
 def run_fixture(repo: Path, tmp_path: Path, url: str, *extra: str) -> Ingest:
-    cfg, icfg = load_ingest_config(
-        None,
+    """An ingest run as the CLI makes it (the shipped config, then --set overrides)."""
+    cfg = load_ingest_config(
+        SHIPPED,
         [
             "ingest.qa_per_doc=2",
             "ingest.include_git_log=true",
             "ingest.snapshot_date=2024-05-01",
+            f"output_dir={tmp_path / 'out'}",
+            f"llm.base_url={url}",
+            "llm.max_retries=1",
             *extra,
         ],
         run="fx",
     )
-    cfg.output_dir = str(tmp_path / "out")
-    cfg.llm.base_url = url
-    cfg.llm.max_retries = 1
-    job = Ingest(repo, cfg, icfg, progress=False)
+    job = Ingest(repo, cfg, progress=False)
     job.execute()
     return job
 
@@ -500,8 +528,16 @@ def test_ingest_run_against_an_echoing_model_leaks_no_secret(
     stats = json.loads((out / "stats.json").read_text())
     assert stats["mode"] == "ingest" and stats["run"] == "fx"
     st = stats["stages"]
-    assert st["generate"]["total"] == 6 and st["generate"]["kept"] == 6  # 3 files x 2 pairs
-    assert st["ground"]["dropped"] == {"ungrounded_answer": 3}
+    # Born in generate: 3 files x 2 QA pairs, one recall record per file, one commit.
+    assert st["generate"]["total"] == 10 and st["generate"]["kept"] == 10
+    generated = [json.loads(line) for line in (out / "01_generated.jsonl").read_text().splitlines()]
+    assert (
+        sorted(r["meta"]["kind"] for r in generated)
+        == ["commit"] + ["file_recall"] * 3 + ["qa"] * 6
+    )
+    assert st["ground"]["entered"] == 6 and st["ground"]["dropped"] == {"ungrounded_answer": 3}
+    assert st["walk"]["kept"] == 3 and st["git_log"]["kept"] == 1
+    assert_books(out)
     assert stats["llm"]["requests"] == 3
     assert {"total", "kept", "rejected", "dropped", "seconds"} <= set(st["export"])
 
@@ -546,13 +582,102 @@ def by_instruction_matching(pairs: dict[str, str], path: str, date: str) -> str:
     return hits[0]
 
 
-def test_rerun_replays_from_the_cache(fixture_repo: Path, tmp_path: Path) -> None:
+def embedded_args(srv) -> tuple[str, ...]:
+    """--set overrides for a run on the shared real embedded server (completion prompts)."""
+    return ("llm.api=completion", f"llm.model={srv.model_name}", "ingest.qa_max_tokens=96")
+
+
+@pytest.mark.slow
+def test_rerun_replays_from_the_cache(embedded_server, fixture_repo: Path, tmp_path: Path) -> None:
+    srv = embedded_server
+    first = run_fixture(fixture_repo, tmp_path, srv.base_url, *embedded_args(srv))
+    llm = json.loads((first.dir / "stats.json").read_text())["llm"]
+    assert llm["requests"] == 3 and llm["cached"] == 0
+    data = (first.dir / "data.json").read_text()
+    again = run_fixture(fixture_repo, tmp_path, srv.base_url, *embedded_args(srv))
+    llm = json.loads((again.dir / "stats.json").read_text())["llm"]
+    assert llm["requests"] == llm["cached"] == 3, "a finished run, rerun, pays nothing"
+    assert (again.dir / "data.json").read_text() == data
+    assert_books(again.dir)
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def fail_the_guide(body: dict, n: int) -> Reply:
+    """The echoing model, but every request about docs/guide.md fails with a server error."""
+    if "--- docs/guide.md ---" in body["messages"][0]["content"]:
+        return Reply(status=500, body={"error": {"message": "the model crashed"}})
+    return echo_qa(body, n)
+
+
+def test_a_failed_request_is_a_generate_reject_named_by_its_kind(
+    fixture_repo: Path, tmp_path: Path
+) -> None:
+    with FakeOpenAI(fail_the_guide) as srv:
+        job = run_fixture(fixture_repo, tmp_path, srv.base_url, "llm.backoff_max=0.05")
+    rejected = jsonl(job.dir / "01_generated.rejected.jsonl")
+    assert [(r["id"], r["reject"]["reason"], r["meta"]["source"]) for r in rejected] == [
+        ("q1", "request_failed", "docs/guide.md")
+    ]
+    assert "500" in rejected[0]["meta"]["error"]
+    stats = assert_books(job.dir)
+    assert stats["stages"]["generate"]["kept"] == 4 + 4  # 2 files x 2 pairs, 3 recall, 1 commit
+
+
+def test_a_spent_budget_rejects_the_requests_left_as_budget_exhausted(
+    fixture_repo: Path, tmp_path: Path
+) -> None:
     with FakeOpenAI(echo_qa) as srv:
-        run_fixture(fixture_repo, tmp_path, srv.base_url)
-        first = len(srv.requests)
-        job = run_fixture(fixture_repo, tmp_path, srv.base_url)
-        assert len(srv.requests) == first
-    assert json.loads((job.dir / "stats.json").read_text())["llm"]["cached"] == 3
+        job = run_fixture(
+            fixture_repo, tmp_path, srv.base_url, "llm.concurrency=1", "llm.max_tokens_total=100"
+        )
+    reasons = {
+        r["id"]: r["reject"]["reason"] for r in jsonl(job.dir / "01_generated.rejected.jsonl")
+    }
+    # The first answer spends the budget; the last request is never sent (the second may be in
+    # flight by then).
+    assert reasons["q2"] == "budget_exhausted" and set(reasons.values()) == {"budget_exhausted"}
+    stats = assert_books(job.dir)
+    assert stats["stopped_reason"] == "budget"
+
+
+def test_a_commit_holding_a_secret_is_skipped_and_never_written(
+    fixture_repo: Path, tmp_path: Path
+) -> None:
+    (fixture_repo / "NOTES.md").write_text("Rotate the keys every month.\n")
+    git(fixture_repo, "add", "NOTES.md")
+    git(fixture_repo, "commit", "-q", "-m", "Add notes", "-m", f"The old key was {AWS_KEY}.")
+    job = run_fixture(fixture_repo, tmp_path, "http://127.0.0.1:9", "ingest.qa_per_doc=0")
+    report = json.loads((job.dir / "ingest_report.json").read_text())
+    commits = [s for s in report["skipped"] if s["path"].startswith("commit:")]
+    assert [(s["reason"], s["findings"]) for s in commits] == [
+        ("secret", [{"kind": "aws_access_key_id", "line": 2}])
+    ]
+    stats = assert_books(job.dir)
+    assert stats["stages"]["git_log"]["kept"] == 1
+    assert stats["stages"]["git_log"]["dropped"] == {"secret": 1}
+    assert AWS_KEY not in all_output_text(job.dir)
+    assert [r["meta"]["commit"] for r in jsonl(job.dir / "04_filter.jsonl") if r["id"][0] == "c"]
+
+
+def test_export_settings_apply_to_an_ingest_run(fixture_repo: Path, tmp_path: Path) -> None:
+    job = run_fixture(
+        fixture_repo,
+        tmp_path,
+        "http://127.0.0.1:9",
+        "ingest.qa_per_doc=0",
+        "export.validation_fraction=0",
+        "export.system_prompt=You know shopfront.",
+    )
+    messages = jsonl(job.dir / "messages.jsonl")
+    assert len(messages) == 4  # 3 recall, 1 commit
+    assert all(
+        r["messages"][0] == {"role": "system", "content": "You know shopfront."} for r in messages
+    )
+    assert not (job.dir / "messages.validation.jsonl").exists()
+    assert_books(job.dir)
 
 
 def test_long_files_are_chunked_for_raw_text_and_recall(fixture_repo: Path, tmp_path: Path) -> None:
@@ -613,22 +738,26 @@ def test_real_tokenizer_chunks_fit(fixture_repo: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ingest_this_repository_on_the_embedded_model(tmp_path: Path) -> None:
+def test_ingest_this_repository_on_the_embedded_model(embedded_server, tmp_path: Path) -> None:
     from pipeline.cli import main
 
+    srv = embedded_server
     rc = main([
         "ingest", str(REPO_ROOT), "--run", "self",
         "--set", f"output_dir={tmp_path}",
+        "--set", f"llm.base_url={srv.base_url}", "--set", "llm.api=completion",
+        "--set", f"llm.model={srv.model_name}",
         "--set", "ingest.max_files=8", "--set", "ingest.qa_per_doc=1",
         "--set", "ingest.qa_context_tokens=192", "--set", "ingest.qa_max_tokens=96",
     ])  # fmt: skip
     assert rc == 0
     out = tmp_path / "self"
-    stats = json.loads((out / "stats.json").read_text())
+    stats = assert_books(out)
     assert stats["mode"] == "ingest" and stats["model"].startswith("SmolLM2")
     assert stats["llm"]["requests"] == 8 and stats["llm"]["failed"] == 0
-    gen = stats["stages"]["generate"]
-    assert gen["total"] >= 8 - gen["dropped"].get("unparseable_reply", 0)
+    # One pair asked for per file: each request is one QA record, kept as parsed or rejected.
+    qa = [r for r in jsonl(out / "01_generated.jsonl") if r["meta"]["kind"] == "qa"]
+    assert len(qa) + stats["stages"]["generate"]["rejected"] == 8
     raw = [json.loads(line) for line in (out / "raw_text.jsonl").read_text().splitlines()]
     assert len({r["source"] for r in raw}) == 8
     messages = (out / "messages.jsonl").read_text().splitlines()
@@ -650,13 +779,17 @@ def ingest_run(fixture_repo: Path, tmp_path: Path) -> Path:
     (fixture_repo / "src" / "big.py").write_text(
         "".join(f"VALUE_{i} = {i} * 2\n" for i in range(120))
     )
-    cfg, icfg = load_ingest_config(
-        None,
-        ["ingest.qa_per_doc=0", "ingest.include_git_log=true", "ingest.max_tokens_per_chunk=200"],
+    cfg = load_ingest_config(
+        SHIPPED,
+        [
+            "ingest.qa_per_doc=0",
+            "ingest.include_git_log=true",
+            "ingest.max_tokens_per_chunk=200",
+            f"output_dir={tmp_path / 'out'}",
+        ],
         run="mix",
     )
-    cfg.output_dir = str(tmp_path / "out")
-    job = Ingest(fixture_repo, cfg, icfg, progress=False)
+    job = Ingest(fixture_repo, cfg, progress=False)
     job.execute()
     return job.dir
 
@@ -710,6 +843,22 @@ def test_trainer_data_loading_mixes_raw_text_and_conversations(
         joined.append(got == ids)
     assert all(joined) and i == len(raw)
     assert len(raw) > len(texts)  # some chunks were longer than data.max_length and were cut
+
+
+def test_pipeline_export_redoes_an_ingest_runs_export_from_its_saved_config(
+    ingest_run: Path,
+) -> None:
+    from pipeline.cli import main
+
+    names = ("data.json", "messages.jsonl", "messages.validation.jsonl", "data.validation.json")
+    before = {n: (ingest_run / n).read_text() for n in names}
+    assert len(jsonl(ingest_run / "messages.validation.jsonl")) >= 1
+    for n in names:
+        (ingest_run / n).unlink()
+    # The saved config.yaml holds the ingest section: the split seed and fraction come back.
+    rc = main(["export", "--run", str(ingest_run)])
+    assert rc == 0
+    assert {n: (ingest_run / n).read_text() for n in names} == before
 
 
 def test_raw_text_errors_name_file_line_and_field(tmp_path: Path) -> None:

@@ -1,12 +1,14 @@
-"""Tests for pipeline/report.py: verb/object extraction, nearest-neighbour ROUGE-L, reading run
-directories (with and without stats.json, torn and malformed lines), the rendered page (escaping,
-self-containment, links to rejected examples, code-mode figures, two runs side by side) and the
-page as headless Chromium draws it."""
+"""Tests for the pipeline/report package: verb/object extraction, nearest-neighbour ROUGE-L,
+reading run directories (with and without stats.json, torn and malformed lines, each kind of
+run by its own stage-file table: answer, solve and export stages, ingest), the rendered page
+(escaping, self-containment, links to rejected examples, the books line, code-mode figures, two
+runs side by side) and the page as headless Chromium draws it (required when CI=true)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import re
 import shutil
@@ -19,14 +21,9 @@ import pytest
 import yaml
 
 from pipeline.records import RecordError
-from pipeline.report import (
-    load_run,
-    main,
-    nearest_rouge_l,
-    resolve_run_dir,
-    verb_object,
-    write_report,
-)
+from pipeline.report import load_run, main, write_report
+from pipeline.report.analysis import nearest_rouge_l, verb_object
+from pipeline.rundir import resolve_run_dir
 
 # --------------------------------------------------------------------------------------------
 # A realistic run directory, written the way the pipeline writes one.
@@ -593,12 +590,46 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-def _chromium() -> str | None:
-    return (
+def _chromium() -> str:
+    """The browser's path, else a skip; under CI (``CI=true``) a missing browser fails the test
+    instead, so a CI machine without chromium cannot pass by skipping what it never ran."""
+    exe = (
         shutil.which("chromium")
         or shutil.which("chromium-browser")
         or shutil.which("google-chrome")
     )
+    if exe is None:
+        missing = "chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+            pytest.fail(f"{missing}; with CI=true the browser tests must run")
+        pytest.skip(missing)
+    return exe
+
+
+@pytest.mark.parametrize(
+    ("ci", "found", "outcome"),
+    [
+        ("true", None, pytest.fail.Exception),
+        ("TRUE", None, pytest.fail.Exception),
+        ("1", None, pytest.fail.Exception),
+        (None, None, pytest.skip.Exception),
+        ("", None, pytest.skip.Exception),
+        ("false", None, pytest.skip.Exception),
+        ("true", "/usr/bin/chromium", None),
+        (None, "/usr/bin/chromium", None),
+    ],
+)
+def test_missing_chromium_fails_under_ci_and_skips_locally(monkeypatch, ci, found, outcome):
+    monkeypatch.setattr(shutil, "which", lambda name: found if name == "chromium" else None)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    if outcome is None:
+        assert _chromium() == found
+    else:
+        with pytest.raises(outcome, match="chromium is not installed"):
+            _chromium()
 
 
 def _browser(exe: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -635,8 +666,6 @@ def _console_errors(stderr: str) -> list[str]:
 @pytest.mark.parametrize("kind", ["general", "code"])
 def test_report_renders_in_chromium(tmp_path, kind):
     exe = _chromium()
-    if exe is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
     from PIL import Image, ImageStat
 
     d = make_general_run(tmp_path) if kind == "general" else make_code_run(tmp_path)
@@ -670,8 +699,6 @@ def test_report_renders_in_chromium(tmp_path, kind):
 def test_console_error_check_catches_errors(tmp_path):
     """The console check above is not vacuous: a page that throws is caught by it."""
     exe = _chromium()
-    if exe is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
     bad = tmp_path / "bad.html"
     bad.write_text(
         "<html><body><script>undefinedFunction()</script></body></html>", encoding="utf-8"
@@ -703,8 +730,6 @@ def test_report_of_a_real_run(tmp_path):
     assert f"<td>{stats['llm']['prompt_tokens']:,}</td>" in page
     assert len(_charts(page)) >= 5
     exe = _chromium()
-    if exe is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
     shot = tmp_path / "shot.png"
     res = _browser(exe, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400",
                    (d / "report.html").as_uri())  # fmt: skip

@@ -329,6 +329,11 @@ def test_run_tests_contract_and_unsafe_mode(sandbox_required):
         run_tests("import os\ngetattr(os, '_e' + 'xit')(0)", tests, sandbox=False).status == "error"
     )
     assert run_tests("while True: pass", tests, timeout=1, sandbox=False).status == "timeout"
+    with Sandbox(1) as own:  # or in a sandbox of the caller's, kept warm between calls
+        assert run_tests(prog, tests, sandbox=own).status == "passed"
+        res = run_tests(prog, tests + "assert f() == 41\n", sandbox=own, per_assert=True)
+        assert res.status == "failed" and res.asserts == (True, False)
+        assert own.slots[0].proc is not None  # still warm
 
 
 def test_run_many_keeps_order(sandbox_required):
