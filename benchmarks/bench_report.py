@@ -1,8 +1,10 @@
 """How long ``write_report`` takes on a large run, and where the time goes.
 
-Builds a run directory in a temporary folder: N kept records (instructions from the shared
-benchmark file when it is there, else made-up ones), a quarter as many rejected at dedup and
-filter, and a stats.json; then times loading, each analysis step and the whole page.
+Builds a run directory in a temporary folder, in the generate layout of ``pipeline.rundir``:
+N kept records (instructions from the shared benchmark file when it is there, else made-up
+ones) in every stage file (generate, dedup, answer, filter), a quarter as many rejected at
+dedup and filter, an eighth as many past the target rejected at export, data.json, messages.jsonl and a
+stats.json; then times loading, each analysis step and the whole page.
 
     .venv/bin/python benchmarks/bench_report.py [--n 25000] [--instructions PATH]
 
@@ -18,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.report import load_run, nearest_rouge_l, render_html, verb_object
+from pipeline.report import load_run, render_html
+from pipeline.report.analysis import nearest_rouge_l, verb_object
+from pipeline.rundir import STAGE_FILES
 
 DEFAULT_INSTRUCTIONS = Path("/work/shared/bench/instructions_25k.jsonl")
 
@@ -37,6 +41,12 @@ def _instructions(path: Path, n: int) -> list[str]:
     ]
 
 
+def _jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
 def _write_run(root: Path, texts: list[str]) -> Path:
     run = root / "bench-run"
     run.mkdir()
@@ -52,20 +62,41 @@ def _write_run(root: Path, texts: list[str]) -> Path:
         for i, t in enumerate(texts)
     ]
     n_rej = len(recs) // 4
-    with open(run / "03_filter.jsonl", "w", encoding="utf-8") as f:
-        for r in recs:
-            f.write(json.dumps(r) + "\n")
-    with open(run / "02_dedup.rejected.jsonl", "w", encoding="utf-8") as f:
-        for r in recs[:n_rej]:
-            f.write(json.dumps(r | {"reject": {"stage": "dedup", "reason": "rouge_duplicate"}}))
-            f.write("\n")
-    with open(run / "03_filter.rejected.jsonl", "w", encoding="utf-8") as f:
-        for i, r in enumerate(recs[:n_rej]):
-            reason = ["too_short", "too_long", "blocklisted_word"][i % 3]
-            f.write(json.dumps(r | {"reject": {"stage": "filter", "reason": reason}}) + "\n")
+    stems = STAGE_FILES["generate"]
+    # Every stage before export holds the same records: the loader reads each kept file whole.
+    for stage in ("generate", "dedup", "answer", "filter"):
+        _jsonl(run / f"{stems[stage]}.jsonl", recs)
+    dedup_rej = [r | {"reject": {"stage": "dedup", "reason": "rouge_duplicate"}} for r in recs]
+    _jsonl(run / f"{stems['dedup']}.rejected.jsonl", dedup_rej[:n_rej])
+    reasons = ["too_short", "too_long", "blocklisted_word"]
+    _jsonl(
+        run / f"{stems['filter']}.rejected.jsonl",
+        [
+            r | {"reject": {"stage": "filter", "reason": reasons[i % 3]}}
+            for i, r in enumerate(recs[:n_rej])
+        ],
+    )
+    _jsonl(
+        run / f"{stems['export']}.rejected.jsonl",
+        [r | {"reject": {"stage": "export", "reason": "over_target"}} for r in recs[: n_rej // 2]],
+    )
     data = [{k: r[k] for k in ("instruction", "input", "output")} for r in recs]
     (run / "data.json").write_text(json.dumps(data), encoding="utf-8")
-    (run / "stats.json").write_text(json.dumps({"run": "bench-run", "mode": "general"}))
+    _jsonl(
+        run / "messages.jsonl",
+        [
+            {
+                "id": r["id"],
+                "messages": [
+                    {"role": "user", "content": r["instruction"]},
+                    {"role": "assistant", "content": r["output"]},
+                ],
+            }
+            for r in recs
+        ],
+    )
+    stats = {"run": "bench-run", "mode": "general", "books": "balanced"}
+    (run / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
     return run
 
 

@@ -40,6 +40,32 @@ def licence_note(model_name: str | None) -> tuple[str, str]:
     )
 
 
+def strategy_funnel(run_dir: Path, mode: str, stages: list[str]) -> dict[str, dict[str, dict]]:
+    """``{strategy: {stage: {"kept": n, "rejected": n, "reasons": {reason: n}}}}`` from the
+    stage files of a run (the records' ``meta.strategy``; alpaca when unset)."""
+    from pipeline.records import enumerate_jsonl
+    from pipeline.rundir import kept_path, layout_for, rejected_path
+
+    out: dict[str, dict[str, dict]] = {}
+    for stage in (s for s in layout_for(mode) if s in stages and s not in ("seeds", "export")):
+        for kind, path in (
+            ("kept", kept_path(run_dir, mode, stage)),
+            ("rejected", rejected_path(run_dir, mode, stage)),
+        ):
+            if not path.exists():
+                continue
+            for _, rec in enumerate_jsonl(path):
+                name = (rec.get("meta") or {}).get("strategy", "alpaca")
+                cell = out.setdefault(name, {}).setdefault(
+                    stage, {"kept": 0, "rejected": 0, "reasons": {}}
+                )
+                cell[kind] += 1
+                if kind == "rejected":
+                    reason = rec["reject"]["reason"]
+                    cell["reasons"][reason] = cell["reasons"].get(reason, 0) + 1
+    return out
+
+
 def render_card(run_name: str, stats: dict, records: list[dict], mode: str) -> str:
     n = len(records)
     spdx, note = licence_note(stats.get("model"))
@@ -67,12 +93,31 @@ def render_card(run_name: str, stats: dict, records: list[dict], mode: str) -> s
     by = Counter((r.get("meta") or {}).get("strategy", "alpaca") for r in records)
     for name, k in by.most_common():
         out.append(f"| {name} | {k} | {k / n:.0%} |" if n else f"| {name} | {k} | - |")
-    out += ["", "## Funnel", "", "| stage | in | kept | rejected | reasons |", "|---|---:|---:|---:|---|"]
+    out += [
+        "",
+        "## Funnel",
+        "",
+        "| stage | in | kept | rejected | reasons |",
+        "|---|---:|---:|---:|---|",
+    ]
     for stage, s in stats.get("stages", {}).items():
         reasons = ", ".join(f"{r} {c}" for r, c in s.get("dropped", {}).items()) or "-"
         out.append(
             f"| {stage} | {s.get('entered', s['total'])} | {s['kept']} | {s['rejected']} | {reasons} |"
         )
+    by_strategy = stats.get("by_strategy") or {}
+    if len(by_strategy) > 1:
+        out += [
+            "",
+            "### Funnel per strategy",
+            "",
+            "| strategy | stage | kept | rejected | reasons |",
+        ]
+        out += ["|---|---|---:|---:|---|"]
+        for name, stages in by_strategy.items():
+            for stage, c in stages.items():
+                reasons = ", ".join(f"{r} {k}" for r, k in c["reasons"].items()) or "-"
+                out.append(f"| {name} | {stage} | {c['kept']} | {c['rejected']} | {reasons} |")
     llm = stats.get("llm", {})
     out += [
         "",
@@ -81,7 +126,16 @@ def render_card(run_name: str, stats: dict, records: list[dict], mode: str) -> s
         f"- generation: `{stats.get('model')}`",
         *(
             [f"- judge: `{m}`"]
-            if (m := next((r["meta"]["judge"]["model"] for r in records if (r.get("meta") or {}).get("judge")), None))
+            if (
+                m := next(
+                    (
+                        r["meta"]["judge"]["model"]
+                        for r in records
+                        if (r.get("meta") or {}).get("judge")
+                    ),
+                    None,
+                )
+            )
             else []
         ),
         f"- tokens: {llm.get('prompt_tokens', 0)} prompt + {llm.get('completion_tokens', 0)} completion, "

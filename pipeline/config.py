@@ -155,7 +155,7 @@ class EngineConfig:
         "ray: requests sent to a client actor in one call (amortises Ray's per-call cost)", 16
     )
     verify_actors: int = _help(
-        "ray: sandbox actors for verify, each holding verify.workers warm sandbox workers (and asking Ray for that many CPUs)",
+        "ray: sandbox actors for verify, each holding verify.workers warm sandbox workers (0 = 1) and asking Ray for that many CPUs",
         2,
     )
     map_batch: int = _help(
@@ -165,9 +165,9 @@ class EngineConfig:
         "ray: texts per tokenize/encode task of the exact dedup", 65536
     )
     dedup_block: int = _help(
-        "ray: texts resolved per round of the exact dedup (split over tasks for the join)", 16384
+        "ray: texts resolved per round of the exact dedup (split over tasks for the join)", 8192
     )
-    dedup_tasks: int = _help("ray: join tasks per dedup block; 0 = one per cluster CPU", 0)
+    dedup_tasks: int = _help("ray: join actors of the exact dedup (each a replica of the prefix index); 0 = one per cluster CPU", 0)
     retries: int = _help(
         "ray: times a batch is resubmitted to a fresh actor when its actor or node dies", 3
     )

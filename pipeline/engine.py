@@ -160,12 +160,12 @@ class _Pool:
         self.actors = [make(i) for i in range(size)]
 
     def submit(self, slot: int, method: str, *args) -> tuple:
-        ref = getattr(self.actors[slot], method).remote(*args)
-        return (slot, method, args, ref)
+        actor = self.actors[slot]
+        return (slot, method, args, actor, getattr(actor, method).remote(*args))
 
     def get(self, call: tuple):
         ray = _ray()
-        slot, method, args, ref = call
+        slot, method, args, actor, ref = call
         lost = (
             ray.exceptions.RayActorError,
             ray.exceptions.ObjectLostError,
@@ -186,10 +186,12 @@ class _Pool:
             if attempt == self.retries:
                 raise RuntimeError(f"a Ray actor died {attempt + 1} times on one batch: {err}")
             log.warning("actor %d lost (%s); resubmitting its batch to a fresh actor", slot, err)
-            with contextlib.suppress(Exception):
-                ray.kill(self.actors[slot], no_restart=True)
-            self.actors[slot] = self.make(slot)
-            ref = getattr(self.actors[slot], method).remote(*args)
+            if self.actors[slot] is actor:  # not yet replaced by an earlier batch's failure
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+                self.actors[slot] = self.make(slot)
+            actor = self.actors[slot]
+            ref = getattr(actor, method).remote(*args)
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -235,6 +235,14 @@ def packages_installed(model: EmbeddedModel) -> bool:
     return True
 
 
+def available(model: EmbeddedModel) -> bool:
+    """True when :func:`model_file` can answer without installing anything: the packages are
+    there, or (an assembled model) a verified copy is in the cache."""
+    if model.assembled and _trusted(assembled_path(model), model):
+        return True
+    return packages_installed(model)
+
+
 # -- the verified file --------------------------------------------------------------------------
 
 

@@ -212,9 +212,15 @@ class Run:
                 e_stats.seconds = time.perf_counter() - t0
                 self.stats["export"] = e_stats
         errors = books_errors(self.dir, g.mode, self.stats) if finished else []
-        self._write_stats(usage, started, errors)
-        from pipeline.card import write_card
+        self._write_stats(usage, started, errors, checked=finished)
+        from pipeline.card import strategy_funnel, write_card
+        from stages.classify import label_balance
 
+        # Per-strategy funnel and classification label balance, for the report and the card.
+        self.stats_dict["by_strategy"] = strategy_funnel(self.dir, g.mode, list(self.stats))
+        if balance := label_balance(kept[: g.num]):
+            self.stats_dict["label_balance"] = balance
+        write_json_atomic(self.dir / "stats.json", self.stats_dict)
         write_card(self.dir, self.stats_dict, kept[: g.num], g.mode)
         if errors:
             raise BooksError("the books do not balance: " + "; ".join(errors))
@@ -278,7 +284,9 @@ class Run:
                 sent += n
                 round_no += 1
                 chain: Iterable[dict] = clock.wrap(
-                    parse(client.stream(reqs), st["generate"], require_output=answer_mode != "chat"),
+                    parse(
+                        client.stream(reqs), st["generate"], require_output=answer_mode != "chat"
+                    ),
                     st["generate"],
                 )
                 if deduper is None:
@@ -491,7 +499,9 @@ class Run:
         if len(kept) < g.num and not client.stop_reason:
             self.stop_reason = "max_rounds"
 
-    def _write_stats(self, usage: UsageMeter, started: float, errors: list[str]) -> None:
+    def _write_stats(
+        self, usage: UsageMeter, started: float, errors: list[str], *, checked: bool = True
+    ) -> None:
         llm = usage.to_dict()
         n_kept = self.stats["export"].kept
         per = {
@@ -506,7 +516,8 @@ class Run:
             "wall_seconds": round(time.time() - started, 3),
             "stopped_reason": self.stop_reason,
             "kept": n_kept,
-            "books": errors or "balanced",
+            # An interrupted run's books are not checked: it stopped mid-stage by design.
+            "books": (errors or "balanced") if checked else "not checked",
             "stages": {name: s.to_dict() for name, s in self.stats.items()},
             "llm": llm,
             "per_kept_record": per,

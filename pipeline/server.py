@@ -116,11 +116,8 @@ class EmbeddedServer:
         missing or wrong."""
         return self.spec.api if self.spec else "completion"
 
-    def start(self) -> EmbeddedServer:
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise ServerError(
-                "llama-cpp-python is not installed: run `make install` (it compiles llama-cpp-python[server])"
-            )
+    def command(self) -> list[str]:
+        """The ``llama_cpp.server`` command line this server runs."""
         cmd = [
             sys.executable,
             "-m",
@@ -144,6 +141,14 @@ class EmbeddedServer:
             cmd += ["--chat_format", self.spec.chat_format]
         # Otherwise llama.cpp applies the chat template stored in the GGUF's metadata (both
         # Qwen2.5-Coder and SmolLM2 carry their own ChatML template).
+        return cmd
+
+    def start(self) -> EmbeddedServer:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise ServerError(
+                "llama-cpp-python is not installed: run `make install` (it compiles llama-cpp-python[server])"
+            )
+        cmd = self.command()
         self._log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
         # Its own session, so Ctrl-C in the terminal reaches us and we stop it in order; and no
         # secret of ours reaches it.

@@ -66,7 +66,7 @@ def parse_instances(text: str) -> list[tuple[str, str]]:
     pairs = []
     for m in _PAIR.finditer(text):
         label = m.group("label").strip().strip("*\"'<>`").strip()
-        inp = m.group("input").strip().strip("*\"`").strip()
+        inp = m.group("input").strip().strip('*"`').strip()
         if label and inp:
             pairs.append((label, inp))
     return pairs

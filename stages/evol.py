@@ -111,7 +111,11 @@ def request(
         "seed": seed * 100003 + i,
     }
     req = Request(
-        kind="evol", messages=[{"role": "user", "content": text}], params=params, sample=i, api="chat"
+        kind="evol",
+        messages=[{"role": "user", "content": text}],
+        params=params,
+        sample=i,
+        api="chat",
     )
     req.tag = {
         "index": i,

@@ -147,9 +147,7 @@ class GenerationConfig:
                     f"generation.strategy: {name!r} is not a {self.mode}-mode strategy{hint}; use {', '.join(allowed)}"
                 )
             if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-                raise ValueError(
-                    f"generation.strategy.{name}={w!r}: a share must be a number >= 0"
-                )
+                raise ValueError(f"generation.strategy.{name}={w!r}: a share must be a number >= 0")
         total = sum(raw.values())
         if not raw or total <= 0:
             raise ValueError(

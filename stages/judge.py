@@ -26,22 +26,36 @@ from dataclasses import dataclass
 from stages.base import Failure, Render, Request, StageStats, Stream, help_field
 from stages.rouge import rouge_l
 
-_SCORE = re.compile(
-    r"(?:score|rating|rate)\s*\**\s*(?:[:=]|is|of)?\s*\**\s*(\d{1,2}(?:\.\d+)?)\s*(?:/\s*10|out of 10)?"
-    r"|^\s*\**\s*(\d{1,2}(?:\.\d+)?)\s*(?:/\s*10|out of 10)",
+# "Score: 7", "**Score:** 9/10", "Rating = 6" at a line start: the rubric's own answer format.
+_LABELLED = re.compile(
+    r"^[ \t*#>]*(?:score|rating)[ \t*]*[:=][ \t*]*(\d{1,2}(?:\.\d+)?)", re.I | re.M
+)
+# A bare number opening the reply ("8/10 - ...", "5\nReason: ...").
+_BARE = re.compile(
+    r"\A\s*\**(\d{1,2}(?:\.\d+)?)\**\s*(?:/\s*10|out of 10)?\**\s*(?:[-\u2013\u2014:.,]|$)",
     re.I | re.M,
 )
-_REASON = re.compile(r"^\s*\**\s*(?:reason|explanation|because)\s*\**\s*[:：]\s*\**\s*(.+)$", re.I | re.M)
+# A score mentioned in prose ("a score of 5 out of 10", "7/10").
+_INLINE = re.compile(
+    r"\bscore (?:of|is) (\d{1,2}(?:\.\d+)?)|\b(\d{1,2}(?:\.\d+)?)\s*(?:/\s*10|out of 10)\b", re.I
+)
+_REASON = re.compile(
+    r"^\s*\**\s*(?:reason|explanation|because)\s*\**\s*[:：]\s*\**\s*(.+)$", re.I | re.M
+)
 
 
 @dataclass
 class JudgeConfig:
-    enabled: bool = help_field("rate every record with an LLM judge after filter (and verify)", False)
+    enabled: bool = help_field(
+        "rate every record with an LLM judge after filter (and verify)", False
+    )
     model: str | None = help_field("judge model name; unset = the generation model", None)
     base_url: str | None = help_field(
         "judge endpoint (OpenAI-compatible); unset = the generation endpoint", None
     )
-    min_score: float = help_field("below_min_score: drop records rated under this; 0 = keep all", 0.0)
+    min_score: float = help_field(
+        "below_min_score: drop records rated under this; 0 = keep all", 0.0
+    )
     top_k: int = help_field(
         "select: keep only the k best-rated records (with the diversity guard); 0 = no selection",
         0,
@@ -66,16 +80,29 @@ class JudgeConfig:
 
 
 def parse_rating(text: str) -> tuple[float | None, str]:
-    """(score, reason) from a rating reply; score None when no 1-10 score is found."""
-    m = _SCORE.search(text)
-    score = None
+    """(score, reason) from a rating reply. The labelled ``Score:`` line wins; otherwise a bare
+    opening number and scores mentioned in prose must agree (a reply opening with "1" that
+    later speaks of "a score of 5 out of 10" says no one score: None). A score outside 1-10 is
+    None too."""
+    m = _LABELLED.search(text)
     if m:
-        value = float(m.group(1) or m.group(2))
-        score = value if 1.0 <= value <= 10.0 else None
+        values, end = {float(m.group(1))}, m.end()
+    else:
+        bare = _BARE.search(text)
+        inline = [float(a or b) for a, b in _INLINE.findall(text)]
+        values = ({float(bare.group(1))} if bare else set()) | set(inline)
+        end = bare.end(1) if bare else 0
+    score = values.pop() if len(values) == 1 else None
+    if score is not None and not 1.0 <= score <= 10.0:
+        score = None
     r = _REASON.search(text)
     reason = r.group(1).strip() if r else ""
+    if not reason and score is not None:
+        # "8/10 - the haiku keeps 5-7-5.": the reason follows the score on its line.
+        tail = text[end:].lstrip(" /10\u2013\u2014-:.,*\n").rstrip()
+        reason = tail.splitlines()[0].strip() if tail else ""
     if not reason:
-        rest = [ln.strip() for ln in text.splitlines() if ln.strip() and not _SCORE.search(ln)]
+        rest = [ln.strip() for ln in text.splitlines() if ln.strip() and not _LABELLED.search(ln)]
         reason = rest[0] if rest else ""
     return score, reason[:300]
 
@@ -101,7 +128,11 @@ def rating_request(rec: dict, render: Render, cfg: JudgeConfig, code: bool) -> R
     # Greedy: a rating is a measurement, so the same record gets the same score on a rerun.
     params = {"temperature": 0.0, "max_tokens": cfg.max_tokens, "seed": 0}
     return Request(
-        kind="judge", messages=[{"role": "user", "content": text}], params=params, tag=rec, api="chat"
+        kind="judge",
+        messages=[{"role": "user", "content": text}],
+        params=params,
+        tag=rec,
+        api="chat",
     )
 
 
@@ -117,12 +148,17 @@ def run(
     for req, resp in llm(requests()):
         rec = req.tag
         if isinstance(resp, Failure):
-            stats.drop({**rec, "meta": {**rec.get("meta", {}), "judge_error": resp.error}}, resp.kind)
+            stats.drop(
+                {**rec, "meta": {**rec.get("meta", {}), "judge_error": resp.error}}, resp.kind
+            )
             continue
         score, reason = parse_rating(resp.text)
         judged = {
             **rec,
-            "meta": {**rec.get("meta", {}), "judge": {"score": score, "reason": reason, "model": resp.model}},
+            "meta": {
+                **rec.get("meta", {}),
+                "judge": {"score": score, "reason": reason, "model": resp.model},
+            },
         }
         why = check(score, cfg)
         if why:

@@ -19,8 +19,10 @@ Writes records with ``id`` ``g<request>-0``, ``instruction`` (the written user t
 Reject reasons (stage ``generate``), decided by :func:`check`: ``magpie_empty`` (nothing but
 whitespace came back), ``magpie_truncated`` (the user turn was cut by the length limit: the
 model never ended its turn), ``magpie_template_leak`` (the reply holds template markup or writes
-the assistant's turn: the model ran past its user turn), ``magpie_too_short`` (fewer than
-``min_words`` words: a greeting, not a task); plus ``request_failed``.
+the assistant's turn: the model ran past its user turn), ``magpie_code_only`` (the
+"user" wrote a program and no request: code models do this from a bare user prefix),
+``magpie_too_short`` (fewer than ``min_words`` words: a greeting, not a task); plus
+``request_failed``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ _LEAK = re.compile(
     r"<\|[a-z_]+\|>|<(?:start|end)_of_turn>|^\s*(?:assistant|user|system)\s*:?\s*$", re.I | re.M
 )
 _WORD = re.compile(r"[A-Za-z0-9]+")
+_CODE_LINE = re.compile(
+    r"^\s*(?:def |class |import\b|from \S+ import |return\b|for .*:|if .*:|while .*:|#include|"
+    r"using |fn |let |const |var |function |public |print\(|[\w.\[\]]+\s*[-+*/]?=[^=]|[{}]\s*$|//|/\*|```)"
+)
 
 
 @dataclass
@@ -115,6 +121,9 @@ def check(text: str, finish_reason: str, cfg: MagpieConfig) -> str | None:
         return "magpie_empty"
     if _LEAK.search(text):
         return "magpie_template_leak"
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if sum(bool(_CODE_LINE.match(ln)) for ln in lines) * 2 > len(lines):
+        return "magpie_code_only"
     if finish_reason == "length":
         return "magpie_truncated"
     if len(_WORD.findall(text)) < cfg.min_words:

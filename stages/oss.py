@@ -76,8 +76,12 @@ def draw_snippet(i: int, seed: int, sources: list[tuple[str, list[str]]], cfg: O
     return {"path": path, "start": start + 1, "end": start + n, "text": text}
 
 
-def check_snippet(snippet: dict, contaminated: Callable[[str], str | None]) -> tuple[str | None, dict]:
-    body = [ln for ln in snippet["text"].splitlines() if ln.strip() and not ln.strip().startswith("#")]
+def check_snippet(
+    snippet: dict, contaminated: Callable[[str], str | None]
+) -> tuple[str | None, dict]:
+    body = [
+        ln for ln in snippet["text"].splitlines() if ln.strip() and not ln.strip().startswith("#")
+    ]
     if not body:
         return "snippet_blank", {}
     task = contaminated(snippet["text"])
@@ -87,7 +91,14 @@ def check_snippet(snippet: dict, contaminated: Callable[[str], str | None]) -> t
 
 
 def request(
-    i: int, seed: int, cfg: OssConfig, snippet: dict, render: Render, *, temperature: float, top_p: float
+    i: int,
+    seed: int,
+    cfg: OssConfig,
+    snippet: dict,
+    render: Render,
+    *,
+    temperature: float,
+    top_p: float,
 ) -> Request:
     text = render("oss_problem", language="python", snippet=snippet["text"]).strip()
     params = {
@@ -97,7 +108,11 @@ def request(
         "seed": seed * 100003 + i,
     }
     req = Request(
-        kind="oss", messages=[{"role": "user", "content": text}], params=params, sample=i, api="chat"
+        kind="oss",
+        messages=[{"role": "user", "content": text}],
+        params=params,
+        sample=i,
+        api="chat",
     )
     req.tag = {"index": i, "strategy": "oss", "template": "oss_problem", "snippet": snippet}
     return req
@@ -106,7 +121,12 @@ def request(
 def clean(text: str) -> str:
     """The problem statement: the reply's first paragraph of prose, without a label."""
     text = re.sub(r"```.*?(```|\Z)", "", text, flags=re.S).strip()
-    text = re.sub(r"^\s*[*#>\s]*(?:new\s+)?(?:programming\s+)?problem\s*\d*\s*\**\s*:\s*\**", "", text, flags=re.I)
+    text = re.sub(
+        r"^\s*[*#>\s]*(?:new\s+)?(?:programming\s+)?problem\s*\d*\s*\**\s*:\s*\**",
+        "",
+        text,
+        flags=re.I,
+    )
     return re.split(r"\n\s*\n", text.strip(), maxsplit=1)[0].strip()
 
 
@@ -121,7 +141,13 @@ def check_problem(reply: str, problem: str) -> str | None:
 
 def parse(req: Request, resp: Response | Failure, stats: StageStats, meta: dict) -> Iterator[dict]:
     i = req.tag["index"]
-    prov = {**meta, "strategy": "oss", "template": req.tag["template"], "snippet": req.tag["snippet"], "request": i}
+    prov = {
+        **meta,
+        "strategy": "oss",
+        "template": req.tag["template"],
+        "snippet": req.tag["snippet"],
+        "request": i,
+    }
     if isinstance(resp, Failure):
         stats.drop({"id": f"g{i}", "meta": {**prov, "error": resp.error}}, resp.kind)
         return

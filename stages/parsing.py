@@ -103,6 +103,57 @@ _CLOSING = re.compile(
 )
 
 
+# A fence that names its language holds code: "# Problem 2" in it is a comment, "input: str"
+# an annotation. A bare ``` is not masked: small models open one around prose.
+_CODE_FENCE = re.compile(
+    r"^[ \t]*```[ \t]*[A-Za-z][\w+-]*[^\n]*\n.*?(?:^[ \t]*```|\Z)", re.S | re.M
+)
+# "Instruction: Reverse it. Input: abc Output: cba" on one line: a label after a sentence end.
+_INLINE_LABEL = re.compile(r"(?<=[.?!\"')\]])[ \t]+(?=(?:Input|Output)[ \t]*:[ \t])")
+
+
+def _code_spans(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in _CODE_FENCE.finditer(text)]
+
+
+def _outside_code(pattern: re.Pattern, text: str) -> list[re.Match]:
+    spans = _code_spans(text)
+    return [m for m in pattern.finditer(text) if not any(a <= m.start() < b for a, b in spans)]
+
+
+def _split_inline_labels(text: str) -> str:
+    """Put an "Input:" or "Output:" written mid-line after a sentence on its own line (outside
+    code)."""
+    out, last = [], 0
+    for a, b in _code_spans(text):
+        out.append(_INLINE_LABEL.sub("\n", text[last:a]))
+        out.append(text[a:b])
+        last = b
+    out.append(_INLINE_LABEL.sub("\n", text[last:]))
+    return "".join(out)
+
+
+def _is_title(text: str) -> bool:
+    """A heading such as "Count Islands in a Grid" or "Classification": a label, not an
+    instruction (short, no closing punctuation, mostly capitalised words)."""
+    words = re.findall(r"[A-Za-z][\w'-]*", text)
+    if not words or len(words) > 12 or text.rstrip().endswith((".", "?", "!")):
+        return False
+    small = {"a", "an", "the", "of", "in", "on", "for", "to", "and", "or", "with", "from", "by"}
+    caps = sum(w[0].isupper() for w in words if w.lower() not in small)
+    big = sum(1 for w in words if w.lower() not in small)
+    return big > 0 and caps / big >= 0.6
+
+
+# A function signature in backticks: "`count_paths(grid)`".
+_SIGNATURE = re.compile(r"`\s*(?:def\s+)?([A-Za-z_]\w*\s*\([^`]*\))\s*`")
+_IMPERATIVE = re.compile(
+    r"^\W*(?:write|create|implement|define|build|compute|return|given|make|design|generate"
+    r"|convert|find|count|check|parse|sort|classify|rewrite|summari[sz]e|explain|list|name)\b",
+    re.I,
+)
+
+
 @dataclass
 class Parsed:
     instruction: str | None
@@ -118,8 +169,16 @@ def is_chatter(paragraph: str) -> bool:
         return True
     if _PREAMBLE.match(p) or _CLOSING.match(p):
         return True
-    # "Three new problems:" / "New tasks:" and other one-line introductions of a list.
-    return "\n" not in p and p.endswith(":") and len(p) < 120 and not _FIELD.match(paragraph)
+    # "Three new problems:" / "New tasks:" and other one-line introductions of a list, but not
+    # a task that introduces its own list ("Write a function `f(xs)` that returns:").
+    return (
+        "\n" not in p
+        and p.endswith(":")
+        and len(p.split()) <= 12
+        and not _FIELD.match(paragraph)
+        and not _SIGNATURE.search(p)
+        and not _IMPERATIVE.match(p)
+    )
 
 
 def _strip_markdown(text: str) -> str:
@@ -137,7 +196,7 @@ def _clean(text: str) -> str:
 
 def _split_fields(block: str) -> dict[str, str]:
     fields: dict[str, str] = {}
-    marks = list(_FIELD.finditer(block))
+    marks = _outside_code(_FIELD, block)
     if not marks:
         return fields
     head = block[: marks[0].start()].strip()
@@ -160,7 +219,7 @@ def _split_fields(block: str) -> dict[str, str]:
 def _free_form_marks(text: str) -> list[re.Match]:
     """Item boundaries of a reply without headers or labels: whichever kind of marker
     (numbered item, markdown heading, bold line) comes first in it."""
-    kinds = [list(r.finditer(text)) for r in (_LIST_ITEM, _MD_HEADING, _BOLD_LINE)]
+    kinds = [_outside_code(r, text) for r in (_LIST_ITEM, _MD_HEADING, _BOLD_LINE)]
     kinds = [k for k in kinds if k]
     if not kinds:
         return []
@@ -176,6 +235,31 @@ def _head_and_body(m: re.Match, text: str, end: int) -> str:
     else:
         title = m.group(2)
     return (title or "") + "\n" + text[m.end() : end]
+
+
+def _task_headers(text: str) -> list[re.Match]:
+    """The "Task N" headers outside code, a header repeating the one before it left out
+    ("# Problem 4: Title" then "Problem 4" on the next lines is one task, not two)."""
+    heads: list[re.Match] = []
+    for m in _outside_code(_HEADER, text):
+        if heads:
+            prev = heads[-1]
+            num = m.group(1) or m.group(3)
+            between = text[prev.end() : m.start()]
+            if num == (prev.group(1) or prev.group(3)) and not _outside_code(_FIELD, between):
+                continue
+        heads.append(m)
+    return heads
+
+
+def _labels_follow(text: str, m: re.Match) -> bool:
+    """A numbered item whose own line, or the next one, is an "Input:"/"Output:" label, or
+    whose line is an "Instruction:" label."""
+    if _FIELD.match(m.group(2)):
+        return True
+    nxt = text[m.end() :].lstrip("\n").split("\n", 1)[0]
+    f = _FIELD.match(nxt)
+    return bool(f) and _CANON[f.group(1).lower()] in ("input", "output")
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -212,9 +296,14 @@ def split_blocks(text: str) -> list[str]:
     "Instruction:" when the model merged two tasks without a header, and, in a reply with
     neither, at its numbered items, headings or bold title lines. A preamble before the first
     task and a closing remark after the last are left out."""
-    text = text.replace("\r\n", "\n")
-    heads = list(_HEADER.finditer(text))
-    if not heads and not _FIELD.search(text):
+    text = _split_inline_labels(text.replace("\r\n", "\n"))
+    has_fields = bool(_outside_code(_FIELD, text))
+    heads = _task_headers(text)
+    if not heads and has_fields:
+        # "4. Rewrite the feedback...\nInput: ...\nOutput: ...": numbered items that carry the
+        # instruction themselves, each followed by its labelled fields.
+        heads = [m for m in _outside_code(_LIST_ITEM, text) if _labels_follow(text, m)]
+    if not heads and not has_fields:
         heads = _free_form_marks(text)
         # "Write `f(x)` so that:\n1. ...\n2. ...": a list inside one task, not a list of tasks.
         if heads and not all(is_chatter(p) for p in _paragraphs(text[: heads[0].start()])):
@@ -226,7 +315,7 @@ def split_blocks(text: str) -> list[str]:
         pre = text[: heads[0].start()]
         # Before the first header: a completion's continuation holds fields; a chat preamble
         # does not.
-        if _FIELD.search(pre):
+        if _outside_code(_FIELD, pre):
             blocks.append(pre)
         for j, h in enumerate(heads):
             end = heads[j + 1].start() if j + 1 < len(heads) else len(text)
@@ -256,39 +345,66 @@ def split_blocks(text: str) -> list[str]:
     return [b for b in out if b.strip() and not _SEPARATOR.fullmatch(b.strip())]
 
 
-_SIGNATURE = re.compile(r"`\s*(?:def\s+)?([A-Za-z_]\w*\s*\([^`]*\))\s*`")
-
-
 def _prose(text: str) -> str:
     """A block's text as one paragraph of prose: code fences, markdown and bullets removed,
     lines joined."""
     text = _FENCE_BLOCK.sub("\n\n", text)
     text = _strip_markdown(_SEPARATOR.sub("", text))
-    lines = []
+    out = ""
     for line in text.splitlines():
-        line = re.sub(r"^[ \t]*(?:[-*•+]|\d{1,3}[.)])[ \t]+", "", line).strip()
-        if line:
-            lines.append(line)
-    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+        item = re.match(r"^[ \t]*(?:[-*•+]|\d{1,3}[.)])[ \t]+", line)
+        line = line[item.end() :].strip() if item else line.strip()
+        if not line:
+            continue
+        # List items that are not sentences ("- the sum when non-empty") stay apart.
+        glue = "; " if item and out and not out.endswith((".", "!", "?", ":", ";", ",")) else " "
+        out = f"{out}{glue}{line}" if out else line
+    return re.sub(r"\s+", " ", out).strip()
+
+
+def _call(sig: re.Match) -> str:
+    """``name(`` of a matched signature: how a text that already names the function says so."""
+    return sig.group(1).split("(")[0].strip() + "("
 
 
 def _compose(head: str, body: str) -> str | None:
-    """The instruction of a task with no "Instruction:" label: its body prose, or, with no
-    body, its title. A title that is only a function signature ("Function `f(x)`:") becomes
-    "Write a Python function `f(x)`." in front of the body."""
-    title = _prose(head).rstrip(":").strip()
-    paras = _paragraphs(_FENCE_BLOCK.sub("\n\n", body))
+    """The instruction of a task with no "Instruction:" label, from its first line and the rest.
+    A first line that is a label (a title such as "Count Islands in a Grid", or a line ending
+    in a colon) is dropped when prose follows; one that names only a function signature
+    ("**Function `f(x)`:**") becomes "Write a Python function `f(x)`." in front of it."""
+    # "**Count Paths**: Write a function ..." / "**`f(x)`** - Return ...": a bold label in front
+    # of the text on the same line.
+    bold = re.match(r"^[ \t]*\*\*([^*\n]+?)\*\*[ \t]*[:\-–—]?[ \t]*(\S.*)$", head)
+    if bold:
+        label_sig = _SIGNATURE.search(bold.group(1))
+        head = bold.group(2)
+        if label_sig and _call(label_sig) not in head + body:
+            head = f"Write a Python function `{label_sig.group(1)}`. {head}"
+    first = _prose(head)
+    bare = re.sub(
+        r"\b(?:python|function|method|class|problem|task)\b",
+        "",
+        _SIGNATURE.sub("", first),
+        flags=re.I,
+    )
+    # A label: a title, a one-line introduction, or only a signature ("Function `f(x)`:").
+    label = _is_title(first.rstrip(":")) or is_chatter(first) or not re.search(r"\w", bare)
+    paras = _paragraphs(body)
     if paras and is_chatter(paras[0]):
         paras = paras[1:]
     text = _prose("\n\n".join(paras))
+    if first and not label:
+        text = f"{first} {text}".strip()
     # "... Example:" left dangling where a fence was cut out.
     if text.endswith(":"):
         cut = max(text.rfind(". "), text.rfind("? "), text.rfind("! "))
         text = text[: cut + 1] if cut > 0 else text
-    if not text:
-        return None if (not title or is_chatter(head)) else title
-    sig = _SIGNATURE.search(title)
-    if sig and sig.group(1).split("(")[0].strip() not in text:
+    title = first.rstrip(":").strip()
+    if not text or text == title:
+        # A heading alone ("### Problem 1: Count Islands" over a code block) says too little.
+        return None if (not title or is_chatter(head) or _is_title(title)) else title
+    sig = _SIGNATURE.search(title) if label else None
+    if sig and _call(sig) not in text:
         return f"Write a Python function `{sig.group(1)}`. {text}"
     return text
 
@@ -315,15 +431,20 @@ def parse_tasks(text: str, *, need_output: bool = True) -> list[Parsed]:
             # "Task 4: Rewrite the sentence..." with no Instruction: label.
             instruction = f.get("_head")
         if not f:
-            head, _, body = block.partition("\n")
+            # No labels: the task is the block's prose; its code (a solution the model wrote
+            # instead of a problem) is never the instruction.
+            prose = _FENCE_BLOCK.sub("\n\n", block).strip("\n")
+            head, _, body = prose.partition("\n")
             instruction = _compose(head, body)
         if instruction is not None:
             instruction, code = _instruction_and_code(instruction)
             if code and need_output and not inp.strip():
                 inp = code  # "Explain what this code does:\n```python ...```" without Input:
             instruction = _clean(instruction)
-            if instruction and is_chatter(instruction) and not f.get("instruction"):
-                instruction = None
+            if instruction and not f.get("instruction"):
+                # Taken from a header, not a label: a preamble or a bare title is no task.
+                if is_chatter(instruction) or _is_title(instruction):
+                    instruction = None
         items.append(
             Parsed(
                 instruction=instruction or None,

@@ -117,7 +117,10 @@ def parse_replies(
             meta.update(
                 model=resp.model,
                 request_id=resp.request_id,
-                usage={"prompt_tokens": resp.prompt_tokens, "completion_tokens": resp.completion_tokens},
+                usage={
+                    "prompt_tokens": resp.prompt_tokens,
+                    "completion_tokens": resp.completion_tokens,
+                },
                 cached=resp.cached,
             )
         parse = {"evol": evol.parse, "magpie": magpie.parse, "oss": oss.parse}[name]

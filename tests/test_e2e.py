@@ -29,6 +29,9 @@ def generate_cmd(out: Path, *args: str) -> list[str]:
         "--no-progress",
         "--set",
         f"output_dir={out}",
+        # SmolLM2-135M: the fast embedded model; the shipped default has its own smoke test.
+        "--set",
+        "llm.embedded_model=smollm2-135m",
         *args,
     ]
 

@@ -200,7 +200,7 @@ def test_general_run_same_files_on_both_engines_over_two_endpoints(cluster, tmp_
 
 
 @pytest.mark.timeout(240)
-def test_code_run_same_files_and_a_worker_node_lost_during_verify(cluster, tmp_path):
+def test_code_run_same_files_and_a_worker_node_lost_during_verify(cluster, tmp_path, caplog):
     from stages import execution
 
     if execution.check_sandbox() is not None:
@@ -216,6 +216,7 @@ def test_code_run_same_files_and_a_worker_node_lost_during_verify(cluster, tmp_p
         rcfg.verify = lcfg.verify
         run = Run(rcfg, progress=False)
         result: dict = {}
+        caplog.set_level("WARNING", logger="pipeline.engine")
         t = threading.Thread(target=lambda: result.update(run.execute()), daemon=True)
         t.start()
         verified = tmp_path / "ray" / "r" / "04_verify.rejected.jsonl"
@@ -225,9 +226,12 @@ def test_code_run_same_files_and_a_worker_node_lost_during_verify(cluster, tmp_p
             engine = getattr(run, "engine", None)
             nodes = engine.verify_nodes() if engine is not None else []
             kept = tmp_path / "ray" / "r" / "04_verify.jsonl"
-            if nodes and (verified.exists() or kept.exists()) and (
-                kept.stat().st_size if kept.exists() else 0
-            ) + (verified.stat().st_size if verified.exists() else 0):
+            if (
+                nodes
+                and (verified.exists() or kept.exists())
+                and (kept.stat().st_size if kept.exists() else 0)
+                + (verified.stat().st_size if verified.exists() else 0)
+            ):
                 break
             time.sleep(0.05)
         victims = [w for w in cluster.worker_nodes if w.node_id in nodes]
@@ -236,6 +240,9 @@ def test_code_run_same_files_and_a_worker_node_lost_during_verify(cluster, tmp_p
         t.join(timeout=180)
         assert not t.is_alive(), "the run did not finish after the node was lost"
         cluster.add_node(num_cpus=2)  # the module's later tests get their two workers back
+    assert any("resubmitting" in r.getMessage() for r in caplog.records), (
+        "no batch was lost with the node: the test proved nothing"
+    )
     assert result["books"] == local["books"] == "balanced"
     files = assert_same_files(tmp_path / "local" / "r", tmp_path / "ray" / "r")
     assert result["stages"]["verify"]["extra"] == local["stages"]["verify"]["extra"]
@@ -256,7 +263,11 @@ def test_driver_killed_with_minus_9_and_rerun_pays_no_answer_twice(cluster, tmp_
 
     def cmd(out: Path, url: str) -> list[str]:
         base = [sys.executable, "-m", "pipeline", "generate", "--no-progress", "--no-report"]
-        return base + ["--run", "k", "--set", f"output_dir={out}", "--set", f"llm.base_url={url}"] + args
+        return (
+            base
+            + ["--run", "k", "--set", f"output_dir={out}", "--set", f"llm.base_url={url}"]
+            + args
+        )
 
     env = {**os.environ, "OPENAI_API_KEY": "test-key"}
     with FakeOpenAI(general_script(delay=0.1)) as ref:
@@ -277,7 +288,9 @@ def test_driver_killed_with_minus_9_and_rerun_pays_no_answer_twice(cluster, tmp_
         deadline = time.monotonic() + 120
         try:
             while len(list(cache.glob("*/*.json"))) < 4:
-                assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
+                assert proc.poll() is None, (
+                    f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
+                )
                 assert time.monotonic() < deadline, "no answer was cached in time"
                 time.sleep(0.02)
         finally:
@@ -323,15 +336,14 @@ def test_dedup_command_on_ray_decides_as_rouge_score_and_the_local_engine(cluste
     assert [d["id"] for d in ref["decisions"] if (d["id"] in kept) != d["keep"]] == []
     assert len(kept) == ref["kept"]
 
-    # The whole 25k corpus, both engines: the same kept file and the same rejects (nearest id
-    # and score included).
-    assert main(["dedup", str(corpus), "-o", str(tmp_path / "local.jsonl")]) == 0
-    assert main(["dedup", str(corpus), "-o", str(tmp_path / "ray.jsonl"), *ray_set]) == 0
-    for name in ("{}.jsonl", "{}.rejected.jsonl"):
+    # The local engine on the same input: the same kept file and the same rejects (nearest id
+    # and score included). The whole 25k corpus is compared in benchmarks/bench_scale.py.
+    assert main(["dedup", str(head), "-o", str(tmp_path / "local3k.jsonl")]) == 0
+    for name in ("{}3k.jsonl", "{}3k.rejected.jsonl"):
         a = (tmp_path / name.format("local")).read_bytes()
         b = (tmp_path / name.format("ray")).read_bytes()
         assert a == b, name
-    assert b.count(b"\n") > 1000
+    assert b.count(b"\n") == ref["n"] - ref["kept"]
 
 
 @pytest.mark.slow
@@ -360,7 +372,9 @@ def test_embedded_server_run_replays_on_ray_from_the_local_journal(
     shutil.copytree(tmp_path / "local", tmp_path / "ray")
     data["output_dir"] = str(tmp_path / "ray")
     data["engine"] = ray_engine(cluster)
-    st = Run(load_config(str(ROOT / "configs" / "general.yaml"), None, data), progress=False).execute()
+    st = Run(
+        load_config(str(ROOT / "configs" / "general.yaml"), None, data), progress=False
+    ).execute()
     assert st["llm"]["requests"] == st["llm"]["cached"] == again["llm"]["requests"]
     assert st["books"] == "balanced"
     assert_same_files(tmp_path / "local" / "e", tmp_path / "ray" / "e")

@@ -15,15 +15,18 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.config import ExportConfig
 from pipeline.records import RecordError
 from pipeline.report import load_run, main, write_report
 from pipeline.report.analysis import nearest_rouge_l, verb_object
-from pipeline.rundir import resolve_run_dir
+from pipeline.rundir import STAGE_FILES, StageFiles, books_errors, resolve_run_dir, write_export
+from stages.base import StageStats
 
 # --------------------------------------------------------------------------------------------
 # A realistic run directory, written the way the pipeline writes one.
@@ -576,6 +579,368 @@ def test_main_and_resolve_run_dir(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------
+# Runs written by the pipeline's own writers (rundir.StageFiles, write_export, books_errors):
+# the answer, solve and export stages of the generate layout, and an ingest run's own layout.
+
+
+def _pipe(
+    run_dir: Path,
+    mode: str,
+    records: list[dict],
+    stages: list[tuple[str, Callable[[dict], str | None]]],
+    *,
+    limit: int | None = None,
+    validation_fraction: float = 0.0,
+    before: dict[str, StageStats] | None = None,
+) -> dict:
+    """Push ``records`` through ``stages`` (name, reject reason or None per record) and export,
+    writing every file and stats.json as a run does; returns the stats dict written."""
+    run_dir.mkdir(parents=True)
+    stats: dict[str, StageStats] = dict(before or {})
+    with StageFiles(run_dir, mode) as files:
+        recs = records
+        for name, decide in stages:
+            st = stats[name] = files.stats(name)
+            # Generation's records are born in it; every later stage admits what it is given.
+            source = recs if name == "generate" else st.admit(recs)
+            kept = []
+            for rec in source:
+                reason = decide(rec)
+                if reason:
+                    st.drop(rec, reason)
+                else:
+                    kept.append(st.keep(rec))
+            recs = kept
+        e_stats = stats["export"] = files.stats("export", kept_file=False)
+        write_export(
+            run_dir,
+            recs,
+            ExportConfig(validation_fraction=validation_fraction),
+            e_stats,
+            seed=0,
+            limit=limit,
+        )
+    errors = books_errors(run_dir, mode, stats)
+    assert errors == []  # the fixture itself must balance
+    d = {
+        "run": run_dir.name,
+        "mode": mode,
+        "books": "balanced",
+        "stages": {name: s.to_dict() for name, s in stats.items()},
+    }
+    (run_dir / "stats.json").write_text(json.dumps(d), encoding="utf-8")
+    return d
+
+
+def _records(n: int, prefix: str = "g") -> list[dict]:
+    return [
+        {
+            "id": f"{prefix}{i:03d}",
+            "instruction": TEMPLATES[i % len(TEMPLATES)][0].format(t=TOPICS[i % len(TOPICS)]),
+            "input": "",
+            "output": f"An answer about {TOPICS[i % len(TOPICS)]}.",
+            "meta": {},
+        }
+        for i in range(n)
+    ]
+
+
+def _by_index(reasons: dict[int, str]) -> Callable[[dict], str | None]:
+    return lambda rec: reasons.get(int(rec["id"][-3:]))
+
+
+def make_chat_run(root: Path, name: str = "chat-run") -> Path:
+    """General mode with answer_mode=chat: generate, dedup, answer, filter, export; export
+    rejects records without an output and those past the target, and splits off validation."""
+    recs = _records(30)
+    for i in (20, 21):
+        recs[i]["output"] = "  "
+    _pipe(
+        root / name,
+        "general",
+        recs,
+        [
+            ("generate", _by_index({0: "unparseable_reply", 1: "unparseable_reply"})),
+            (
+                "dedup",
+                _by_index({2: "rouge_duplicate", 3: "rouge_duplicate", 4: "rouge_duplicate"}),
+            ),
+            ("answer", _by_index({5: "request_failed", 6: "request_failed"})),
+            ("filter", _by_index({7: "too_short", 8: "too_short", 9: "too_short"})),
+        ],
+        limit=6,
+        validation_fraction=0.34,
+    )
+    return root / name
+
+
+def make_solve_run(root: Path, name: str = "solve-run") -> Path:
+    """Code mode: generate, dedup, filter, solve (tests and candidates attached), verify,
+    export (one verified problem past the target)."""
+    recs = _records(12, "c")
+    for i, r in enumerate(recs):
+        r["language"] = "python"
+        r["output"] = ""
+        if i >= 3:  # solve attaches tests and candidates to what it does not reject
+            r["tests"] = f"assert f({i}) == {i}"
+            r["candidates"] = [f"def f(x):\n    return x  # {j}" for j in range(3)]
+            passed = -1 if i in (4, 5) else i % 3
+            r["verification"] = {
+                "passed_index": passed,
+                "statuses": [
+                    {"status": "passed" if j == passed else "failed", "detail": ""}
+                    for j in range(3)
+                ],
+            }
+            if passed >= 0:
+                r["output"] = r["candidates"][passed]
+    _pipe(
+        root / name,
+        "code",
+        recs,
+        [
+            ("generate", lambda r: None),
+            ("dedup", _by_index({0: "rouge_duplicate"})),
+            ("filter", lambda r: None),
+            ("solve", _by_index({1: "no_tests", 2: "no_candidates"})),
+            ("verify", _by_index({4: "tests_failed", 5: "tests_failed"})),
+        ],
+        limit=6,
+    )
+    return root / name
+
+
+def make_ingest_run(root: Path, name: str = "ingest-run") -> Path:
+    """An ingest run: walk (files, no stage file), generate, ground, dedup, filter, export: its
+    ``03_dedup`` and ``04_filter`` are not the generate layout's."""
+    walk = StageStats(stage="walk")
+    for i in range(5):
+        walk.keep({"id": f"file{i}.md"})
+    walk.drop({"id": "secret.env"}, "credential")
+    recs = _records(14, "q")
+    for r in recs:
+        r["meta"] = {"source": "docs/guide.md", "lines": [1, 9]}
+    _pipe(
+        root / name,
+        "ingest",
+        recs,
+        [
+            ("generate", _by_index({0: "unparseable_reply"})),
+            ("ground", _by_index({1: "ungrounded", 2: "ungrounded"})),
+            ("dedup", _by_index({3: "rouge_duplicate"})),
+            ("filter", _by_index({4: "too_short", 5: "too_short", 6: "blocklisted_word"})),
+        ],
+        before={"walk": walk},
+    )
+    (root / name / "ingest_report.json").write_text("{}", encoding="utf-8")
+    return root / name
+
+
+def _funnel_rows(page: str) -> list[list[str]]:
+    section = page.split('<section id="funnel">', 1)[1].split("</section>", 1)[0]
+    body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [re.findall(r"<td>(.*?)</td>", row) for row in body.split("</tr>") if row]
+
+
+def test_answer_and_export_stages_in_table_order(tmp_path):
+    d = make_chat_run(tmp_path)
+    stats = json.loads((d / "stats.json").read_text(encoding="utf-8"))
+    run = load_run(d)
+    assert list(run.stages) == ["generate", "dedup", "answer", "filter", "export"]
+    assert run.stages["answer"]["dropped"] == Counter({"request_failed": 2})
+    assert run.stages["export"]["dropped"] == Counter({"over_target": 12, "empty_output": 2})
+    assert run.stages["export"]["entered"] == 20 and run.stages["export"]["kept"] == 6
+    # Export's kept records are both halves of the split.
+    assert run.kept_source == "data.json + data.validation.json" and len(run.kept) == 6
+    assert [r["id"] for r in run.examples["export"]["over_target"]] == ["g016", "g017", "g018"]
+
+    page = write_report([d]).read_text(encoding="utf-8")
+    rows = _funnel_rows(page)
+    assert [r[0] for r in rows] == ["generate", "dedup", "answer", "filter", "export"]
+    for row in rows:
+        s = stats["stages"][row[0]]
+        assert row[1:4] == [str(s.get("entered", s["total"])), str(s["kept"]), str(s["rejected"])]
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    for stage, reason in [
+        ("answer", "request_failed"),
+        ("export", "over_target"),
+        ("export", "empty_output"),
+    ]:
+        assert f'href="#r-0-rej-{stage}-{reason}"' in page and f"r-0-rej-{stage}-{reason}" in ids
+    rejections = page.split('<section id="rejections">', 1)[1]
+    assert rejections.index("<h3>answer</h3>") < rejections.index("<h3>filter</h3>")
+    assert rejections.index("<h3>filter</h3>") < rejections.index("<h3>export</h3>")
+    # The table orders the stages, not the order stats.json happens to list them in.
+    stats["stages"] = dict(reversed(stats["stages"].items()))
+    (d / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    assert list(load_run(d).stages) == ["generate", "dedup", "answer", "filter", "export"]
+
+
+def test_stage_files_alone_give_the_same_funnel(tmp_path):
+    """Without stats.json the counts come from the files the table names, in its order."""
+    d = make_chat_run(tmp_path)
+    stats = json.loads((d / "stats.json").read_text(encoding="utf-8"))
+    (d / "stats.json").unlink()
+    run = load_run(d)
+    assert list(run.stages) == ["generate", "dedup", "answer", "filter", "export"]
+    for stage, s in run.stages.items():
+        want = stats["stages"][stage]
+        assert (s["total"], s["kept"], s["rejected"]) == (
+            want["total"],
+            want["kept"],
+            want["rejected"],
+        ), stage
+        assert s["dropped"] == Counter(want["dropped"])
+
+
+def test_solve_stage_and_exported_code_records(tmp_path):
+    d = make_solve_run(tmp_path)
+    run = load_run(d)
+    assert run.mode == "code"
+    assert list(run.stages) == ["generate", "dedup", "filter", "solve", "verify", "export"]
+    assert run.stages["solve"]["dropped"] == Counter({"no_tests": 1, "no_candidates": 1})
+    assert run.stages["export"]["dropped"] == Counter({"over_target": 1})
+    # verify kept 7, export 6: the sample is the exported six as 04_verify holds them.
+    assert len(run.last_stage) == 7 and len(run.kept) == 6
+    assert [r["id"] for r in run.kept_full] == [f"c{i:03d}" for i in (3, 6, 7, 8, 9, 10)]
+    page = write_report([d]).read_text(encoding="utf-8")
+    assert [r[0] for r in _funnel_rows(page)] == [
+        "generate",
+        "dedup",
+        "filter",
+        "solve",
+        "verify",
+        "export",
+    ]
+    assert "<code>no_tests</code>" in page and "<code>over_target</code>" in page
+    assert "<td>problems verified</td><td>9</td>" in page
+    sample = page.split('id="sample"', 1)[1]
+    assert sample.count("<b>tests</b>") == 6
+
+
+def test_ingest_run_is_read_by_its_own_table(tmp_path):
+    d = make_ingest_run(tmp_path)
+    run = load_run(d)
+    assert run.mode == "ingest" and run.layout == STAGE_FILES["ingest"]
+    # walk is no stage file; it keeps its place before generate, as stats.json has it.
+    assert list(run.stages) == ["walk", "generate", "ground", "dedup", "filter", "export"]
+    assert run.verified == []  # 04_filter is ingest's filter stage, not verify records
+    assert run.examples["filter"]["blocklisted_word"][0]["id"] == "q006"
+    assert run.stages["ground"]["dropped"] == Counter({"ungrounded": 2})
+    page = write_report([d]).read_text(encoding="utf-8")
+    assert "Code verification" not in page
+    assert [r[0] for r in _funnel_rows(page)] == list(run.stages)
+
+
+@pytest.mark.parametrize("marker", ["ingest_report.json", "config.yaml", None])
+def test_ingest_run_without_stats_is_known_by_its_files(tmp_path, marker):
+    d = make_ingest_run(tmp_path)
+    (d / "stats.json").unlink()
+    (d / "ingest_report.json").unlink()
+    if marker == "ingest_report.json":
+        (d / marker).write_text("{}", encoding="utf-8")
+    elif marker == "config.yaml":
+        (d / marker).write_text(
+            yaml.safe_dump({"generation": {"mode": "general"}, "ingest": {"kind": "qa"}}),
+            encoding="utf-8",
+        )
+    run = load_run(d)
+    assert run.mode == "ingest"
+    assert list(run.stages) == ["generate", "ground", "dedup", "filter", "export"]
+    # Kept counts come from ingest's own files (03_dedup.jsonl, 04_filter.jsonl).
+    assert [run.stages[s]["kept"] for s in ("generate", "ground", "dedup", "filter")] == [
+        13,
+        11,
+        10,
+        7,
+    ]
+    assert run.verified == []
+
+
+def test_judge_select_stages_and_strategy_section(tmp_path):
+    """A run with a strategy mix and the judge: judge and select sit in the funnel in table
+    order, and the judge's scores are read from the exported records' own meta."""
+    from pipeline.card import strategy_funnel
+
+    recs = _records(16)
+    for i, r in enumerate(recs):
+        r["meta"] = {"strategy": "evol" if i % 2 else "alpaca", "judge": {"score": 3 + i % 7}}
+    d = tmp_path / "judged"
+    stats = _pipe(
+        d,
+        "general",
+        recs,
+        [
+            ("generate", lambda r: None),
+            ("dedup", _by_index({0: "rouge_duplicate"})),
+            ("filter", _by_index({1: "too_short"})),
+            ("judge", _by_index({2: "below_min_score", 3: "below_min_score"})),
+            ("select", _by_index({4: "too_similar", 5: "below_top_k"})),
+        ],
+        limit=8,
+    )
+    stats["by_strategy"] = strategy_funnel(d, "general", list(stats["stages"]))
+    (d / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    page = write_report([d]).read_text(encoding="utf-8")
+    assert [r[0] for r in _funnel_rows(page)] == [
+        "generate",
+        "dedup",
+        "filter",
+        "judge",
+        "select",
+        "export",
+    ]
+    exported = recs[6:14]  # what select kept, up to the target
+    scores = [r["meta"]["judge"]["score"] for r in exported]
+    section = page.split('<section id="strategies">', 1)[1].split("</section>", 1)[0]
+    assert f"judge: mean {sum(scores) / len(scores):.2f} over 8 records" in section
+    for score in range(1, 11):
+        assert f"<td>{score}</td><td>{scores.count(score)}</td>" in section
+    assert "<td>evol</td><td>judge</td><td>6</td><td>1</td>" in section
+
+
+def test_books_line_balanced_and_absent(tmp_path):
+    page = write_report([make_chat_run(tmp_path)]).read_text(encoding="utf-8")
+    summary = page.split('<section id="summary">', 1)[1].split("</section>", 1)[0]
+    assert '<p class="books">Books: <b>balanced</b>' in summary
+    assert "do not balance" not in page
+    # A run whose stats.json predates the check says nothing about it.
+    old = write_report([make_general_run(tmp_path)]).read_text(encoding="utf-8")
+    assert "Books:" not in old and "do not balance" not in old
+
+
+def test_books_warning_when_not_balanced(tmp_path):
+    d = make_chat_run(tmp_path)
+    # A record lost from a stage file after the stage counted it: what books_errors reports.
+    lines = (d / "03_filter.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (d / "03_filter.jsonl").write_text("".join(lines[1:]), encoding="utf-8")
+    stats = json.loads((d / "stats.json").read_text(encoding="utf-8"))
+    counted = {n: StageStats.from_dict(n, s) for n, s in stats["stages"].items()}
+    errors = books_errors(d, "general", counted)
+    assert len(errors) == 1 and "stage filter" in errors[0]
+    errors.append("stage <dedup>: 3 records entered & 2 left")
+    stats["books"] = errors
+    stats["stages"]["dedup"]["entered"] += 1
+    (d / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+
+    run = load_run(d)
+    assert run.books == errors
+    page = write_report([d]).read_text(encoding="utf-8")
+    warn = page.split('<div class="warn books">', 1)[1].split("</div>", 1)[0]
+    assert "The books do not balance</b> (2 problems)" in warn
+    assert f"<li>{errors[0]}</li>" in warn
+    assert "<li>stage &lt;dedup&gt;: 3 records entered &amp; 2 left</li>" in warn
+    assert "Books: <b>balanced</b>" not in page
+    dedup = next(r for r in _funnel_rows(page) if r[0] == "dedup")
+    s = stats["stages"]["dedup"]
+    assert dedup[1] == f'{s["entered"]} <span class="off">≠ {s["kept"] + s["rejected"]} out</span>'
+    # Side by side, the compare table says which run's books are off.
+    both = write_report([d, make_chat_run(tmp_path, "other")]).read_text(encoding="utf-8")
+    table = both.split('id="compare"', 1)[1].split("</table>", 1)[0]
+    assert '<td>books</td><td><b class="off">2 problems</b></td><td>balanced</td>' in table
+
+
+# --------------------------------------------------------------------------------------------
 # The page in a real browser
 
 # Injected into a copy of the page: records, once everything has loaded, how many images
@@ -663,12 +1028,21 @@ def _console_errors(stderr: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("kind", ["general", "code"])
+RUN_KINDS = {
+    "general": make_general_run,
+    "code": make_code_run,
+    "chat": make_chat_run,
+    "solve": make_solve_run,
+    "ingest": make_ingest_run,
+}
+
+
+@pytest.mark.parametrize("kind", list(RUN_KINDS))
 def test_report_renders_in_chromium(tmp_path, kind):
     exe = _chromium()
     from PIL import Image, ImageStat
 
-    d = make_general_run(tmp_path) if kind == "general" else make_code_run(tmp_path)
+    d = RUN_KINDS[kind](tmp_path)
     page = write_report([d])
     n_charts = len(_charts(page.read_text(encoding="utf-8")))
     probe = page.with_name("probe.html")

@@ -45,7 +45,13 @@ def test_a_general_strategy_carries_its_provenance(embedded_server, tmp_path, st
         embedded_server,
         tmp_path,
         strategy,
-        {"strategy": strategy, "num": 1, "max_requests": 3, "round_size": 3, "tasks_per_request": 2},
+        {
+            "strategy": strategy,
+            "num": 1,
+            "max_requests": 3,
+            "round_size": 3,
+            "tasks_per_request": 2,
+        },
     )
     Run(cfg, progress=False).execute()
     stats = assert_books(tmp_path / strategy)

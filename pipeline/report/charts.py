@@ -20,8 +20,8 @@ from pipeline.report.load import records_in
 TOP_VERBS = 16
 OBJECTS_PER_VERB = 4
 
-PALETTE = ["#3b6ea5", "#e07b39", "#5a9e57", "#c44e52", "#8172b2", "#937860", "#da8bc3",
-           "#8c8c8c", "#ccb974", "#64b5cd"]  # fmt: skip
+PALETTE = ("#3b6ea5", "#e07b39", "#5a9e57", "#c44e52", "#8172b2", "#937860", "#da8bc3",
+           "#8c8c8c", "#ccb974", "#64b5cd")  # fmt: skip
 STATUS_COLORS = {"passed": "#5a9e57", "failed": "#c44e52", "error": "#e07b39",
                  "timeout": "#8172b2", "memory": "#937860", "rejected": "#8c8c8c"}  # fmt: skip
 

@@ -149,7 +149,7 @@ def _books(stats: dict) -> list[str] | None:
     if books == "balanced":
         return []
     if isinstance(books, list):
-        return [str(e) for e in books] or []
+        return [str(e) for e in books]
     return [str(books)]
 
 

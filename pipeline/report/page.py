@@ -62,8 +62,9 @@ thead th{background:#f3f5f8}
 .findings li{margin:3px 0}
 .warn{background:#fff4e5;border:1px solid #f0b36a;padding:6px 10px;border-radius:4px;margin:8px 0}
 .warn ul{margin:4px 0 2px}
+.warn.books{background:#fdecea;border-color:#c44e52}
 .books{font-size:13px;margin:6px 0}
-.off{color:#c44e52}
+.off{color:#c44e52;white-space:nowrap}
 details{border:1px solid #eaecef;border-radius:4px;margin:6px 0;padding:4px 10px}
 details:target{border-color:#3b6ea5;box-shadow:0 0 0 2px #cfe0ff}
 summary{cursor:pointer}

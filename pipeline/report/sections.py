@@ -174,7 +174,7 @@ def _sec_funnel(a: Analysis) -> str:
         n_in = records_in(s)
         cell_in = num(n_in)
         if n_in != s["kept"] + s["rejected"]:
-            # Records that entered but neither were kept nor rejected (or the reverse).
+            # The stage lost (or made up) records: say so where its count is read.
             cell_in += f' <span class="off">≠ {s["kept"] + s["rejected"]:,} out</span>'
         rows.append(
             [
@@ -482,13 +482,48 @@ def compare_table(analyses: list[Analysis]) -> str:
     return table([""] + [esc(a.run.name) for a in analyses], rows, "compare")
 
 
-SECTIONS: list[tuple[str, str, Callable[[Analysis], str]]] = [
+def _sec_strategies(a: Analysis) -> str:
+    """The funnel per generation strategy (``stats.json`` ``by_strategy``) and the judge's
+    score distribution over the records it kept (``meta.judge.score``)."""
+    by = a.run.stats.get("by_strategy") or {}
+    parts = []
+    if by:
+        rows = [
+            [
+                esc(name),
+                esc(stage),
+                num(c["kept"]),
+                num(c["rejected"]),
+                esc(", ".join(f"{r} {n}" for r, n in c["reasons"].items())),
+            ]
+            for name, stages in by.items()
+            for stage, c in stages.items()
+        ]
+        parts.append(table(["strategy", "stage", "kept", "rejected", "reasons"], rows))
+    # data.json has no meta: the scores are on the exported records as the last stage file has them.
+    scores = [
+        int(score)
+        for r in a.run.kept_full or a.run.kept
+        if isinstance(score := ((r.get("meta") or {}).get("judge") or {}).get("score"), int | float)
+    ]
+    if scores:
+        rows = [[num(s), num(scores.count(s))] for s in range(1, 11)]
+        parts.append(
+            f"<p>judge: mean {sum(scores) / len(scores):.2f} over {len(scores):,} records</p>"
+        )
+        parts.append(table(["judge score", "records"], rows))
+    return "".join(parts) or "<p>No per-strategy counts and no judge scores in this run.</p>"
+
+
+# (anchor, title, renderer), in page order.
+SECTIONS: tuple[tuple[str, str, Callable[[Analysis], str]], ...] = (
     ("summary", "Summary", _sec_summary),
     ("funnel", "Stage funnel", _sec_funnel),
+    ("strategies", "Strategies and judge scores", _sec_strategies),
     ("rejections", "Why records were rejected", _sec_rejections),
     ("diversity", "Instruction diversity", _sec_diversity),
     ("lengths", "Lengths", _sec_lengths),
     ("cost", "Tokens, cost and time", _sec_cost),
     ("code", "Code verification", _sec_code),
     ("sample", "Sample of kept records", _sec_sample),
-]
+)
