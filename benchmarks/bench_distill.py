@@ -41,6 +41,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=40, help="training steps")
     ap.add_argument("--limit", type=int, default=40, help="HumanEval problems (164 = all)")
     ap.add_argument("--device", default="", help="eval device (auto | cpu | cuda)")
+    ap.add_argument(
+        "--max-new-tokens", type=int, default=0, help="eval tokens per sample (0 = eval's default)"
+    )
+    ap.add_argument(
+        "--batch-size", type=int, default=0, help="eval prompts per batch (0 = eval's default)"
+    )
     ap.add_argument("--out", default="outputs/bench-distill", help="working directory")
     args = ap.parse_args()
 
@@ -48,7 +54,8 @@ def main() -> int:
     run = out / "teacher"
     py = sys.executable
     gen = [
-        py, "-m", "pipeline", "generate", "--mode", "code", "--num", str(args.num),
+        py, "-m", "pipeline", "generate", "--config", "configs/code.yaml",
+        "--mode", "code", "--num", str(args.num),
         "--no-progress", "--no-report", "--run", run.name,
         "--set", f"output_dir={out}", "--set", f"llm.embedded_model={args.teacher}",
         "--set", f"generation.num_candidates={args.candidates}",
@@ -59,6 +66,16 @@ def main() -> int:
     t_gen = sh(gen)
     stats = json.loads((run / "stats.json").read_text())
     records = json.loads((run / "data.json").read_text())
+    v = stats["stages"].get("verify", {}).get("extra", {})
+    print(
+        f"teacher {args.teacher}: {len(records)} verified records in {t_gen:.0f} s, "
+        f"{stats['llm']['requests']} requests, candidates passed "
+        f"{v.get('candidates_passed', 0)}/{v.get('candidates_run', 0)}",
+        flush=True,
+    )
+    if not records:
+        print("no verified records: nothing to train on")
+        return 0
 
     adapter = out / "adapter"
     train = [
@@ -71,30 +88,36 @@ def main() -> int:
         train += ["--set", f"model.name_or_path={args.student}"]
     t_train = sh(train)
 
-    result = out / "humaneval.json"
+    result = out / "humaneval"  # eval writes <label>.jsonl and summary.json here
     ev = [
         py, "-m", "finetune", "eval", "--adapter", str(adapter), "--limit", str(args.limit),
         "--output", str(result),
     ]  # fmt: skip
     if args.device:
         ev += ["--device", args.device]
+    if args.max_new_tokens:
+        ev += ["--max-new-tokens", str(args.max_new_tokens)]
+    if args.batch_size:
+        ev += ["--batch-size", str(args.batch_size)]
     t_eval = sh(ev)
-    res = json.loads(result.read_text())
+    res = json.loads((result / "summary.json").read_text())["results"]
 
-    v = stats["stages"].get("verify", {}).get("extra", {})
     print("\n== teacher -> student")
     print(
         f"teacher {args.teacher}: {len(records)} verified records in {t_gen:.0f} s, "
         f"{stats['llm']['requests']} requests, candidates passed "
         f"{v.get('candidates_passed', 0)}/{v.get('candidates_run', 0)}"
     )
-    print(f"student {args.student or 'SmolLM2-135M-Instruct'}: {args.steps} steps in {t_train:.0f} s")
-    arms = res.get("arms") or res
+    print(
+        f"student {args.student or 'SmolLM2-135M-Instruct'}: {args.steps} steps in {t_train:.0f} s"
+    )
     for label in ("base", "adapter"):
-        arm = arms.get(label, {}) if isinstance(arms, dict) else {}
-        p1 = arm.get("pass@1", arm.get("pass_at_k", {}).get("pass@1"))
-        print(f"HumanEval pass@1 ({args.limit} problems), student {label}: {p1}")
-    print(f"eval {t_eval:.0f} s; results in {result}")
+        arm = res.get(label, {})
+        print(
+            f"HumanEval pass@1 ({arm.get('problems', args.limit)} problems), student {label}: "
+            f"{arm.get('pass@1')} (solved {arm.get('solved')}, statuses {arm.get('statuses')})"
+        )
+    print(f"eval {t_eval:.0f} s; results in {result}/summary.json")
     return 0
 
 

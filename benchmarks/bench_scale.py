@@ -104,10 +104,49 @@ def client_rates(pcfg_for, engines, n_requests: int) -> dict[str, float]:
     for name, engine, cfg in engines:
         with engine.open_client(cfg, cache=None) as client:
             list(client.stream(reqs[:200]))  # warm: actors started, connections open
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             n = sum(1 for _ in client.stream(reqs))
-            rates[name] = n / (time.perf_counter() - t0)
+            # The driver's own CPU per request bounds how many actors one driver can feed.
+            rates[name] = (n / (time.perf_counter() - t0), (time.process_time() - c0) / n)
     return rates
+
+
+def client_part(local, ray_engine, n_requests: int) -> None:
+    from pipeline.config import load_config
+
+    # One endpoint process per client actor, as replicas are: one Python server would be the
+    # bottleneck of the measurement, not the clients.
+    servers = [
+        subprocess.Popen(
+            [sys.executable, "-c", FAKE_SERVER.format(root=str(ROOT))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    try:
+        urls = [srv.stdout.readline().strip() for srv in servers]
+        engines = []
+        for n in (1, 2, 4):
+            llm = {"base_urls": urls[:n], "api": "chat", "concurrency": 32, "cache": False}
+            engine = {"kind": "ray", "client_actors": n, "request_chunk": 32}
+            cfg = load_config(None, None, {"llm": llm, "engine": engine})
+            engines.append((f"ray, {n} client actor(s)", ray_engine(2), cfg))
+        llm = {"base_urls": urls[:1], "api": "chat", "concurrency": 32, "cache": False}
+        engines.insert(
+            0, ("local client (one process)", local, load_config(None, None, {"llm": llm}))
+        )
+        rates = client_rates(None, engines, n_requests)
+    finally:
+        for srv in servers:
+            srv.kill()
+    print(f"\n3. LLM client, {n_requests} requests, one endpoint per actor that answers at once")
+    one = rates["ray, 1 client actor(s)"][0]
+    for name, (rate, cpu) in rates.items():
+        print(
+            f"{name:28} {rate:8.0f} requests/s  ({rate / one:4.2f}x one actor)  "
+            f"driver CPU {cpu * 1e6:6.0f} us/request"
+        )
 
 
 def peak_rss_mb() -> float:
@@ -119,6 +158,9 @@ def main() -> int:
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of each worker node")
     ap.add_argument("--verify-records", type=int, default=120)
     ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument(
+        "--parts", default="verify,dedup,clients", help="parts 1-3 to run, comma-separated"
+    )
     ap.add_argument("--corpus-limit", type=int, default=0, help="first N of the 25k; 0 = all")
     ap.add_argument(
         "--dedup-scale", type=int, default=0, help="records for the scale dedup; 0 = skip"
@@ -152,73 +194,45 @@ def main() -> int:
     corpus = corpus[: args.corpus_limit or None]
     dcfg = base.dedup
 
-    rows = {}
-    time_verify(local, verify_records(vcfg.batch), vcfg)  # the same warm-up as the actors get
-    wall, runs, kept_local = time_verify(local, records, vcfg)
-    rows["verify local"] = (wall, runs)
-    dl_wall, dl = time_dedup(local, corpus, dcfg) if corpus else (float("nan"), None)
-    dedup_rows = {"local": (dl_wall, True)}
+    parts = set(args.parts.split(","))
+    rows: dict = {}
+    dedup_rows: dict = {}
+    if "verify" in parts:
+        time_verify(local, verify_records(vcfg.batch), vcfg)  # the same warm-up as the actors get
+        wall, runs, kept_local = time_verify(local, records, vcfg)
+        rows["verify local"] = (wall, runs)
+    if "dedup" in parts and corpus:
+        dl_wall, dl = time_dedup(local, corpus, dcfg)
+        dedup_rows["local"] = (dl_wall, True)
     for nodes in (1, 2):
         if nodes == 2:
             cluster.add_node(num_cpus=args.cpus)
             cluster.wait_for_nodes()
-        eng = ray_engine(nodes, verify_actors=nodes * args.cpus)
-        time_verify(eng, verify_records(vcfg1.batch * nodes * args.cpus), vcfg1)  # warm actors
-        wall, runs, kept = time_verify(eng, records, vcfg1)
-        rows[f"verify ray {nodes} node(s)"] = (wall, runs)
-        assert kept == kept_local
-        eng.close()
-        if corpus:
+        if "verify" in parts:
+            eng = ray_engine(nodes, verify_actors=nodes * args.cpus)
+            time_verify(eng, verify_records(vcfg1.batch * nodes * args.cpus), vcfg1)  # warm
+            wall, runs, kept = time_verify(eng, records, vcfg1)
+            rows[f"verify ray {nodes} node(s)"] = (wall, runs)
+            assert kept == kept_local
+            eng.close()
+        if "dedup" in parts and corpus:
             eng = ray_engine(nodes, dedup_tasks=nodes * args.cpus)
             wall, dr = time_dedup(eng, corpus, dcfg)
             dedup_rows[f"ray {nodes} node(s)"] = (wall, dr == dl)
 
-    print(f"\n1. verify: {len(records)} problems x 2 candidates")
-    print(f"{'engine':28} {'runs':>6} {'wall s':>8} {'runs/s':>8}")
-    for name, (wall, runs) in rows.items():
-        print(f"{name:28} {runs:6d} {wall:8.2f} {runs / wall:8.1f}")
+    if rows:
+        print(f"\n1. verify: {len(records)} problems x 2 candidates")
+        print(f"{'engine':28} {'runs':>6} {'wall s':>8} {'runs/s':>8}")
+        for name, (wall, runs) in rows.items():
+            print(f"{name:28} {runs:6d} {wall:8.2f} {runs / wall:8.1f}")
+    if dedup_rows:
+        print(f"\n2. exact dedup, {len(corpus)} records of the 25k corpus")
+        print(f"{'engine':28} {'wall s':>8} {'identical to local':>20}")
+        for name, (wall, same) in dedup_rows.items():
+            print(f"dedup {name:22} {wall:8.2f} {str(same):>20}")
 
-    print(f"\n2. exact dedup, {len(corpus)} records of the 25k corpus")
-    print(f"{'engine':28} {'wall s':>8} {'identical to local':>20}")
-    for name, (wall, same) in dedup_rows.items():
-        print(f"dedup {name:22} {wall:8.2f} {str(same):>20}")
-
-    srv = subprocess.Popen(
-        [sys.executable, "-c", FAKE_SERVER.format(root=str(ROOT))],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = srv.stdout.readline().strip()
-        engines = []
-        for n in (1, 2, 4):
-            cfg = load_config(
-                None,
-                None,
-                {
-                    "llm": {
-                        "base_urls": [url] * n,
-                        "api": "chat",
-                        "concurrency": 32,
-                        "cache": False,
-                    },
-                    "engine": {"kind": "ray", "client_actors": n, "request_chunk": 32},
-                },
-            )
-            engines.append((f"ray, {n} client actor(s)", ray_engine(2), cfg))
-        lcfg = load_config(
-            None,
-            None,
-            {"llm": {"base_urls": [url], "api": "chat", "concurrency": 32, "cache": False}},
-        )
-        engines.insert(0, ("local client (one process)", local, lcfg))
-        rates = client_rates(None, engines, args.requests)
-    finally:
-        srv.kill()
-    print(f"\n3. LLM client, {args.requests} requests to an endpoint that answers at once")
-    one = rates["ray, 1 client actor(s)"]
-    for name, rate in rates.items():
-        print(f"{name:28} {rate:8.0f} requests/s  ({rate / one:4.2f}x one actor)")
+    if "clients" in parts:
+        client_part(local, ray_engine, args.requests)
 
     if args.dedup_scale:
         out = Path(f"/tmp/scale_{args.dedup_scale}.jsonl")

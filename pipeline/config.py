@@ -165,7 +165,7 @@ class EngineConfig:
         "ray: texts per tokenize/encode task of the exact dedup", 65536
     )
     dedup_block: int = _help(
-        "ray: texts resolved per round of the exact dedup (split over tasks for the join)", 8192
+        "ray: texts resolved per round of the exact dedup (split over the join actors)", 2048
     )
     dedup_tasks: int = _help("ray: join actors of the exact dedup (each a replica of the prefix index); 0 = one per cluster CPU", 0)
     retries: int = _help(

@@ -10,7 +10,7 @@ this file only says where each one runs.
 3. Join actors (``engine.dedup_tasks``, default one per cluster CPU) each hold a replica of the
    prefix index of the kept texts. Per block of ``engine.dedup_block`` texts every actor probes
    its interleaved share of the block against the pool and scores its candidate pairs
-   (:func:`candidate_pairs` + :func:`score_pairs`); then, once the driver has said which block
+   (:func:`probe`: candidate pairs and their exact scores, level by level); then, once the driver has said which block
    texts the pool already dropped, against the block's own live texts (``below=True``).
    Replicas rather than a broadcast per block: the index only grows, so each actor adds just
    the previous block's kept texts instead of receiving the whole index every block.
@@ -46,13 +46,10 @@ def _encode(part: dp.TokenizedPartition, order: dp.TokenOrder, threshold: float)
 class _Joiner:
     """A replica of the pool's prefix index over the encoded corpus."""
 
-    def __init__(
-        self, enc: dp.EncodedPartition, threshold: float, max_len: int, na: int, workers: int
-    ):
-        self.enc, self.t, self.workers = enc, threshold, workers
-        self.index = dp.PrefixIndex(threshold, max_len)
+    def __init__(self, enc: dp.EncodedPartition, threshold: float, max_len: int, na: int):
+        self.enc, self.t, self.max_len = enc, threshold, max_len
+        self.index = dp.PrefixIndex(threshold, max_len, dp.levels(threshold))
         self.index.add(enc, np.arange(na))
-        self.max_len = max_len
         # A copy the actor may edit: dropped texts' strings are released as they are decided.
         self.enc.docs = list(enc.docs)
 
@@ -62,14 +59,12 @@ class _Joiner:
             self.enc.docs[s] = ""
 
     def pool(self, slots: np.ndarray) -> tuple[dp.Edges, int]:
-        i, j = dp.candidate_pairs(self.enc, slots, self.index)
-        return dp.score_pairs(self.enc, i, j, self.t, self.workers), len(i)
+        return dp.probe(self.enc, slots, self.index, self.t)
 
     def own(self, alive: np.ndarray, slots: np.ndarray) -> tuple[dp.Edges, int]:
         own = dp.PrefixIndex(self.t, self.max_len)
         own.add(self.enc, alive)
-        i, j = dp.candidate_pairs(self.enc, slots, own, below=True)
-        return dp.score_pairs(self.enc, i, j, self.t, self.workers), len(i)
+        return dp.probe(self.enc, slots, own, self.t, True)
 
 
 def dedup_texts(engine, texts: list[str], against: list[str], cfg) -> dp.Decisions:
@@ -102,7 +97,7 @@ def dedup_texts(engine, texts: list[str], against: list[str], cfg) -> dp.Decisio
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     n = max(1, ec.dedup_tasks or cpus)
     Joiner = ray.remote(_Joiner).options(num_cpus=1, scheduling_strategy="SPREAD")
-    actors = [Joiner.remote(enc_ref, cfg.threshold, max_len, na, 1) for _ in range(n)]
+    actors = [Joiner.remote(enc_ref, cfg.threshold, max_len, na) for _ in range(n)]
     kept = bytearray(b"\x01") * total
     nearest = [-1] * total
     score = [0.0] * total
@@ -115,9 +110,8 @@ def dedup_texts(engine, texts: list[str], against: list[str], cfg) -> dp.Decisio
             got = ray.get([act.pool.remote(s) for act, s in zip(actors, shares, strict=True)])
             pool_edges = dp.Edges.cat([e for e, _ in got])
             pairs += sum(c for _, c in got)
-            alive = np.ones(b - a, dtype=bool)
-            alive[pool_edges.j - a] = False
-            live = ray.put(slots[alive])
+            # Texts the pool drops can never be kept, so they are no one's nearest.
+            live = ray.put(np.setdiff1d(slots, pool_edges.j))
             got = ray.get([act.own.remote(live, s) for act, s in zip(actors, shares, strict=True)])
             own_edges = dp.Edges.cat([e for e, _ in got])
             pairs += sum(c for _, c in got)

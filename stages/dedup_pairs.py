@@ -1,84 +1,95 @@
 """Exact greedy ROUGE-L dedup as a similarity join: partitions -> candidate pairs -> scored
-edges -> one resolution pass, so the work can be spread over processes or a Ray cluster and the
-decisions are still exactly those of :class:`stages.dedup.Deduper` and of rouge_score.
+edges -> one resolution pass, so that the work can be spread over threads, processes or a Ray
+cluster and the decisions are still exactly those of :class:`stages.dedup.Deduper` and of
+rouge_score.
 
-The decision rule (Self-Instruct's): texts are taken in order; text ``j`` is dropped iff its
-ROUGE-L F with some earlier *kept* text ``i`` (or an ``against`` text) is ``> threshold``; the
-nearest is the kept text with the highest F, the first in pool order (``against`` texts, then
-inputs in order) on ties. F is rouge_score's float: ``p = L/|i|``, ``r = L/|j|``,
-``F = 2*p*r/(p+r)`` (:func:`stages.rouge.fmeasure`, ``j`` is the target), with ``L`` the LCS of the
-token sequences (rapidfuzz's ``LCSseq`` over token ids as characters, as the streaming path).
+The rule (Self-Instruct's): texts are taken in order; text ``j`` is dropped iff its ROUGE-L F
+with some earlier *kept* text ``i`` (or an ``against`` text) is ``> threshold``; its nearest is
+the kept text with the highest F, the first in pool order (``against`` texts, then inputs in
+order) on ties. F is rouge_score's float: ``p = L/|i|``, ``r = L/|j|``, ``F = 2*p*r/(p+r)``
+(:func:`stages.rouge.fmeasure`, ``j`` as the target), ``L`` the LCS of the token sequences
+(rapidfuzz's ``LCSseq`` over token ids as characters, as in the streaming path).
 
-Phases, each a plain function over numpy arrays, so that an engine can run them as tasks:
+Phases, each a plain function over arrays, so that an engine can run them as tasks:
 
-1. :func:`tokenize_partition` (per partition of texts): the tokenizer of :mod:`stages.rouge`,
-   local token ids and per-element counts; :func:`element_counts` are mergeable (they add up).
-   :meth:`TokenOrder.from_counts` (driver) fixes one global order of token *occurrences*
-   ``(token, k)`` = "the k-th copy of token in a text", rarest first, ties by ``(token, k)``.
-   :func:`encode_partition` (per partition): length, the rank-sorted prefix of each text's
-   occurrence set, and the LCS string.
-2. :func:`candidate_pairs` (per block of probe texts, against a read-only :class:`PrefixIndex`):
-   every pair that could have F > threshold, none missed (proof below), deduplicated.
-3. :func:`score_pairs` (same worker): the exact LCS and rouge_score's F of each candidate;
-   the edges ``(i, j, F)`` with ``i < j`` and F > threshold.
-4. :func:`resolve` (driver): one pass over the edges sorted by ``(j, i)``.
+1. :func:`tokenize_partition` per partition of texts (the tokenizers of :mod:`stages.rouge`);
+   :func:`element_counts` per partition, which add up; :meth:`TokenOrder.from_counts` on the
+   driver: one global order of token *occurrences* ``(token, k)`` ("the k-th copy of token in a
+   text"), rarest first, ties by ``(token, k)``; :func:`encode_partition` per partition.
+2. :func:`candidate_pairs`: a block of probe texts against a read-only :class:`PrefixIndex` of
+   kept texts: every pair that could have F > threshold (proof below), each once.
+3. :func:`score_pairs`: an exact overlap bound, then the LCS and rouge_score's F of the rest;
+   the edges ``(i, j, F)``, ``i < j``, F > threshold.
+4. :func:`resolve` on the driver: one pass over the edges sorted by ``(j, i)``.
 
-Why it is exact (the proof the distributed design rests on). Write ``n = |i|, m = |j|`` (token
-counts) and ``o`` for the size of the multiset intersection of their tokens, which is the size
-of the *set* intersection of their occurrence sets ``{(token, k)}``. A common subsequence uses
-each token at most as often as both texts hold it, so ``L <= o <= min(n, m)``.
+:func:`dedup_texts` runs them locally, block after block of input order.
+
+Why no pair is missed. Write ``n = |i|``, ``m = |j|`` (tokens) and ``o`` for the size of the
+multiset intersection of their tokens, which is the size of the *set* intersection of their
+occurrence sets ``{(token, k)}``. A common subsequence uses each token at most as often as both
+texts hold it, so ``L <= o <= min(n, m)``.
 
 * Float slack. rouge_score's F is within a few ulps (relative ~1e-15) of the exact
   ``2L/(n+m)``, so F > t implies ``2L > t'(n+m)`` with ``t' = t - 1e-9``. Every bound below is
-  derived from ``t'`` and evaluated in float64; the 1e-9 slack is many orders of magnitude above
-  the rounding of those evaluations, so a computed bound is never tighter than the true one.
-* Length. ``L <= min(n, m)`` and ``2L > t'(n+m)`` give, for ``n <= m``, ``n > t'm/(2-t')``, and
-  for ``n > m``, ``n < m(2-t')/t'``.
-* Required overlap. From ``o >= L`` and ``L <= n``: ``2o > t'(o+m)`` so ``o > t'm/(2-t')``,
-  ``o >= alpha(m) = floor(t'm/(2-t')) + 1``, for either side. For the shorter text ``x`` of the
-  pair (``|x| <= |y|``): ``o > t'(|x|+|y|)/2 >= t'|x|``, so ``o >= gamma(|x|) = floor(t'|x|) + 1``.
+  derived from ``t'`` and evaluated in float64; the slack dwarfs the rounding of those
+  evaluations, so a computed bound is never tighter than the true one.
+* Length. ``L <= min(n, m)`` and ``2L > t'(n+m)``: for ``n <= m``, ``n > t'm/(2-t')``; for
+  ``n > m``, ``n < m(2-t')/t'``.
+* Required overlap. ``o >= L``, ``L <= n`` and ``2L > t'(n+m)`` give ``o > t'm/(2-t')``, so
+  ``o >= alpha(m) = floor(t'm/(2-t')) + 1`` (either text in this role). If ``|x| <= |y|``,
+  ``o > t'(|x|+|y|)/2 >= t'|x|``, so ``o >= gamma(|x|) = floor(t'|x|) + 1``.
 * Prefix lemma. Order all occurrences globally. If ``|X ∩ Y| >= a`` and ``|X ∩ Y| >= b``, the
-  first ``|X| - a + 1`` elements of X and the first ``|Y| - b + 1`` of Y share an element, namely
-  ``e = min(X ∩ Y)``: at most ``a - 1`` elements of ``X ∩ Y`` lie outside X's prefix, so one lies
-  inside; the prefix is downward closed in X and ``e`` is below that one, so ``e`` is inside;
-  likewise for Y. Hence with the *long* prefix ``|y| - alpha(|y|) + 1`` of the longer text and the
-  *short* prefix ``|x| - gamma(|x|) + 1`` of the shorter (ties: either), every pair with F > t
+  first ``|X| - a + 1`` elements of X and the first ``|Y| - b + 1`` of Y both hold
+  ``e = min(X ∩ Y)``: at most ``a - 1`` elements of ``X ∩ Y`` lie past X's prefix, so one lies in
+  it, and the prefix is downward closed in X, so ``e``, below that one, is in it; same for Y.
+  So with the *long* prefix ``|y| - alpha(|y|) + 1`` of the longer text and the *short* prefix
+  ``|x| - gamma(|x|) + 1`` of the shorter (either on equal lengths), every pair with F > t
   shares an element of those two prefixes, and the smallest shared one is ``e``.
-* Positional bound. At ``e``, found at rank positions ``p`` in i and ``q`` in j, every other common
-  occurrence comes after both, so ``o <= 1 + min(n-1-p, m-1-q)``; a pair is emitted iff this is
-  ``> t'(n+m)/2``. A later shared element gives a smaller value, so "some shared prefix element
-  passes" is the same as "``e`` passes": testing each join hit on its own drops nothing needed.
+* Positional bound. At ``e``, at rank positions ``p`` in i and ``q`` in j, every other common
+  occurrence comes after both, so ``o <= 1 + min(n-1-p, m-1-q)``; a pair is kept iff this
+  exceeds ``t'(n+m)/2``. A later shared element gives a smaller value, so "some shared prefix
+  element passes" equals "``e`` passes": testing each join hit alone drops nothing needed.
+* Overlap bound. Tokens fall into 64 buckets (the 32 most frequent tokens one each, the rest by
+  id); ``sum_b min(count_i(b), count_j(b)) >= o`` since min is superadditive. Counts are kept in
+  a byte; a text with a count above 255 is never pruned by this bound.
+* Levels. A pass at a higher threshold ``u`` (``u > t``) finds, by the same lemma, every pool
+  text with F > u. A probe that gets an edge with F > u there has its maximum among the texts
+  that pass found, ties included, so it needs no pass at a lower level; the others go on to the
+  next level, the last being ``t`` itself.
 * Greedy pruning. The resolution reads an edge ``(i, j)`` only when ``i`` is kept, and a kept
-  record's decision never depends on anything later. So edges from records already known to be
-  dropped may be left out: the index holds only kept (and ``against``) texts, and texts are
-  joined in blocks of input order: a block's texts against the kept pool of earlier blocks, then
-  against the block's own texts that the pool did not already drop. Every edge from a kept text
-  to a later text is still produced, before the later text is resolved.
-* Scores. The surviving pairs get the exact LCS (rapidfuzz) and F from :func:`stages.rouge.fmeasure`
-  itself, compared with ``>``; the resolution keeps, per ``j``, the highest F over kept ``i`` and
-  the smallest ``i`` on ties, exactly the streaming ``ExactIndex.best``.
+  text's decision never depends on later ones. So edges from texts already known to be dropped
+  may be left out: the index holds only kept (and ``against``) texts, and texts are joined in
+  blocks of input order: a block against the pool of earlier blocks, then against the block's
+  own texts that the pool did not drop. Every edge from a kept text to a later text is still
+  produced before the later text is resolved.
+* Scores. Surviving pairs get the exact LCS (rapidfuzz) and F from :func:`stages.rouge.fmeasure`
+  itself, compared with ``>``; :func:`resolve` keeps, per ``j``, the highest F over kept ``i``
+  and the smallest ``i`` on ties: exactly ``ExactIndex.best`` of the streaming path.
 
-Why it is fast. The per-text Python work is only tokenizing; the join is vectorised: the pool's
-prefix entries sit in sorted ``(element, length)`` keys, so one ``searchsorted`` per probe entry
-yields its length-compatible partners, ``np.repeat`` expands them, the positional bound is one
-array expression and ``np.unique`` removes duplicate hits. The shorter side of a pair probes with
-its short prefix (~30% of its tokens at t = 0.7, against ~46% for a plain prefix filter). The
-greedy pruning matters most on near-duplicate-heavy data: edges between two duplicates (most of
-them) are never formed. Surviving pairs are scored in rapidfuzz's C++ (``process.cdist``, one call
-per probe text, threaded by ``workers``). Pool segments merge like a log-structured index, so
-adding a block's kept texts costs a sort of that block's entries, not of the pool.
+Why it is fast. Per text, Python only tokenizes; everything after is array work. The pool's
+prefix entries are sorted by ``(element, length)``, so one ``searchsorted`` per probe entry
+finds its length-compatible partners, ``np.repeat`` expands them, the positional bound is one
+array expression and a sort removes duplicates (``np.unique``'s hash path in numpy 2.4 is two
+orders of magnitude slower than sorting int64 keys). The shorter text of a pair probes with its
+short prefix (~30% of its tokens at t = 0.7, against ~46% for a plain prefix filter); the levels
+settle near-copies with prefixes of ~10-18%; the overlap bound, a few byte operations per pair,
+spares ~80% of the LCS calls (~0.6 us each for scattered pairs). Greedy pruning keeps the pairs
+between two duplicates (most pairs, on near-duplicate-heavy data) from ever forming. Pool
+segments merge log-structured, so adding a block's kept texts sorts about that block's entries.
 
-Partitioning for a cluster: :func:`tokenize_partition` / :func:`encode_partition` map over input
-partitions; per block, :func:`candidate_pairs` + :func:`score_pairs` map over slices of the
-block (the index is a read-only broadcast); the driver runs :func:`resolve` and
-:meth:`PrefixIndex.add`. Driver state: a byte per text (kept), the block's edges and the index.
+Partitioning for a cluster: phase 1 maps over input partitions; per block, phases 2 and 3 map
+over slices of the block against the broadcast index (:func:`probe`);
+the driver runs :func:`resolve` and :meth:`PrefixIndex.add`. Driver state: a byte per text, the
+block's edges and the index.
 """
 
 from __future__ import annotations
 
-import math
+import itertools
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,21 +98,30 @@ from rapidfuzz.distance import LCSseq
 
 from stages.rouge import _CHAR_IDS, _SURROGATE_SPAN, _SURROGATES, fmeasure, get_tokenizer
 
-# F > t is tested against t - MARGIN in every bound: rouge_score's float F is within a few ulps
-# of 2L/(n+m), far inside this, and the slack dwarfs the rounding of the bounds themselves.
+# Every bound tests against t - MARGIN: rouge_score's float F is within a few ulps of 2L/(n+m),
+# far inside this, and the slack dwarfs the rounding of the bounds themselves.
 MARGIN = 1e-9
-# Probe entries are expanded in chunks so that one join never holds more than about this many
-# hits (each hit costs ~40 bytes across the temporary arrays).
-_CHUNK_HITS = 1 << 22
+# One join expands at most about this many hits at once (~60 bytes each in temporaries).
+_CHUNK_HITS = 1 << 21
+# Overlap-bound buckets; the most frequent tokens get their own (they dominate the counts).
+_BUCKETS = 64
+_DEDICATED = 32
+_BOUND_CHUNK = 1 << 18
 
 
 def _lower(threshold: float) -> float:
     return max(0.0, float(threshold) - MARGIN)
 
 
+def _distinct(keys: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (sorting; numpy 2.4's hash-based np.unique is far slower)."""
+    s = np.sort(keys)
+    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+
+
 def prefix_sizes(lengths: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(short, long) prefix sizes for texts of these token counts (see the module proof):
-    ``n - gamma(n) + 1`` when the text is the shorter of a pair, ``n - alpha(n) + 1`` otherwise."""
+    """(short, long) prefix sizes for texts of these token counts: ``n - gamma(n) + 1`` when the
+    text is the shorter of a pair, ``n - alpha(n) + 1`` otherwise (module docstring)."""
     n = np.asarray(lengths, dtype=np.int64)
     if threshold >= 1.0:  # F <= 1: nothing is ever above the threshold
         zero = np.zeros_like(n)
@@ -113,8 +133,10 @@ def prefix_sizes(lengths: np.ndarray, threshold: float) -> tuple[np.ndarray, np.
     return np.maximum(n - gamma + 1, 0), np.maximum(n - alpha + 1, 0)
 
 
-def length_window(lengths: np.ndarray, threshold: float, max_len: int) -> tuple[np.ndarray, ...]:
-    """Inclusive (lowest, highest) partner length a text of each length can exceed t with."""
+def length_window(
+    lengths: np.ndarray, threshold: float, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive (lowest, highest) partner length with which a text can exceed the threshold."""
     m = np.asarray(lengths, dtype=np.int64)
     t = _lower(threshold)
     lo = np.floor(t * m / (2.0 - t)).astype(np.int64) + 1
@@ -125,10 +147,18 @@ def length_window(lengths: np.ndarray, threshold: float, max_len: int) -> tuple[
     return lo, hi
 
 
+def levels(threshold: float, count: int = 3) -> tuple[float, ...]:
+    """Thresholds of the probe passes, highest first, ending at ``threshold``."""
+    if threshold >= 1.0 or count <= 1:
+        return (float(threshold),)
+    t = float(threshold)
+    return tuple(t + (1.0 - t) * k / count for k in range(count - 1, 0, -1)) + (t,)
+
+
 # -- phase 1: tokenize, count, order, encode -------------------------------------------------
 @dataclass
 class TokenizedPartition:
-    """Texts of one partition as local token ids. ``occ[x]`` is how many earlier copies of the
+    """Texts of one partition as local token ids; ``occ[x]`` is how many earlier copies of the
     same token its text holds (the ``k`` of the occurrence ``(token, k)``)."""
 
     vocab: list[str]
@@ -149,8 +179,8 @@ def tokenize_partition(texts: Iterable[str], tokenizer: str = "default") -> Toke
         lens.append(len(toks))
     ids_a = np.array(ids, dtype=np.int32)
     offsets = np.cumsum(np.array(lens, dtype=np.int64))
-    # Occurrence index: sort by (text, token, position); within a run of equal (text, token)
-    # the k-th member is copy k.
+    # Occurrence index: sorted by (text, token, position), the k-th member of a run of equal
+    # (text, token) is copy k.
     text_of = np.repeat(np.arange(len(lens) - 1, dtype=np.int64), np.diff(offsets))
     order = np.lexsort((np.arange(len(ids_a)), ids_a, text_of))
     key = text_of[order] * (len(local) + 1) + ids_a[order]
@@ -162,17 +192,21 @@ def tokenize_partition(texts: Iterable[str], tokenizer: str = "default") -> Toke
 
 
 def _local_elements(part: TokenizedPartition) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct local element keys, inverse index of each token occurrence)."""
+    """(distinct local element keys ``occ * |vocab| + id``, index of each occurrence in them)."""
     key = part.occ.astype(np.int64) * max(1, len(part.vocab)) + part.ids
-    return np.unique(key, return_inverse=True)
+    o = np.argsort(key, kind="stable")
+    s = key[o]
+    new = np.r_[True, s[1:] != s[:-1]] if len(s) else np.zeros(0, bool)
+    inverse = np.empty(len(key), dtype=np.int64)
+    inverse[o] = np.cumsum(new) - 1
+    return s[new], inverse
 
 
 def element_counts(part: TokenizedPartition) -> Counter:
-    """``{(token, k): number of texts holding at least k+1 copies}``; partitions' counts add."""
+    """``{(token, k): number of texts with at least k+1 copies}``; partitions' counts add up."""
     keys, inverse = _local_elements(part)
     counts = np.bincount(inverse, minlength=len(keys))
-    nv = max(1, len(part.vocab))
-    vocab = part.vocab
+    nv, vocab = max(1, len(part.vocab)), part.vocab
     return Counter(
         {(vocab[k % nv], k // nv): c for k, c in zip(keys.tolist(), counts.tolist(), strict=True)}
     )
@@ -180,8 +214,8 @@ def element_counts(part: TokenizedPartition) -> Counter:
 
 @dataclass
 class TokenOrder:
-    """The global order: ``rank[(token, k)]`` rarest first (ties by token, then k), and each
-    token's id for the LCS strings (most frequent first, so common texts need narrow strings)."""
+    """The global order: ``rank[(token, k)]``, rarest first (ties by token, then k), and each
+    token's id for the LCS strings and buckets (most frequent first)."""
 
     rank: dict[tuple[str, int], int]
     token_id: dict[str, int]
@@ -195,12 +229,15 @@ class TokenOrder:
 
 @dataclass
 class EncodedPartition:
-    """What the join needs of each text: its length, the long prefix of its occurrence ranks
-    (ascending; the short prefix is its start), and its LCS string."""
+    """What the join needs of each text: its length, the long prefix (at the base threshold)
+    of its occurrence ranks in ascending order (shorter prefixes are its start), its bucket
+    counts and its LCS string."""
 
     lengths: np.ndarray  # int64
     prefix: np.ndarray  # int32 ranks, concatenated
     prefix_offsets: np.ndarray  # int64, len + 1
+    sig: np.ndarray  # uint8 (len, _BUCKETS)
+    saturated: np.ndarray  # bool: a bucket count above 255 (the bound is not applied)
     docs: list[str | list[int]]
 
     def __len__(self) -> int:
@@ -210,12 +247,11 @@ class EncodedPartition:
 def encode_partition(
     part: TokenizedPartition, order: TokenOrder, threshold: float
 ) -> EncodedPartition:
-    """Global ranks, the rank-sorted long prefix of every text, and its LCS string."""
+    """Global ranks, the rank-sorted long prefix, bucket counts and LCS string of every text."""
     lengths = np.diff(part.offsets)
     nt = len(lengths)
     keys, inverse = _local_elements(part)
-    nv = max(1, len(part.vocab))
-    vocab = part.vocab
+    nv, vocab = max(1, len(part.vocab)), part.vocab
     key_rank = np.array(
         [order.rank[(vocab[k % nv], k // nv)] for k in keys.tolist()], dtype=np.int32
     )
@@ -224,39 +260,43 @@ def encode_partition(
     srt = np.lexsort((ranks, text_of))
     _, long = prefix_sizes(lengths, threshold)
     pos = np.arange(len(srt), dtype=np.int64) - np.repeat(part.offsets[:-1], lengths)
-    take = pos < np.repeat(long, lengths)
-    prefix = ranks[srt][take]
-    prefix_offsets = np.r_[0, np.cumsum(np.minimum(long, lengths))].astype(np.int64)
+    prefix = ranks[srt][pos < np.repeat(long, lengths)]
+    prefix_offsets = np.r_[0, np.cumsum(long)].astype(np.int64)
 
     gid = np.array([order.token_id[t] for t in vocab], dtype=np.int64)[part.ids]
+    bucket = np.where(gid < _DEDICATED, gid, _DEDICATED + gid % (_BUCKETS - _DEDICATED))
+    counts = np.bincount(text_of * _BUCKETS + bucket, minlength=nt * _BUCKETS)
+    counts = counts.reshape(nt, _BUCKETS)
+    saturated = counts.max(axis=1, initial=0) > 255
+    sig = np.minimum(counts, 255).astype(np.uint8)
+
+    off = part.offsets.tolist()
     docs: list[str | list[int]]
     if len(order.token_id) <= _CHAR_IDS:
-        # Token ids as characters, skipping the surrogates (as stages.rouge._encode), decoded in
-        # one go: one string per partition, sliced per text.
+        # Token ids as characters, skipping the surrogates (as stages.rouge._encode), decoded
+        # once per partition and sliced per text.
         code = np.where(gid < _SURROGATES, gid, gid + _SURROGATE_SPAN).astype("<u4")
         whole = code.tobytes().decode("utf-32-le")
-        off = part.offsets.tolist()
         docs = [whole[a:b] for a, b in zip(off[:-1], off[1:], strict=True)]
     else:  # more distinct tokens than code points: rapidfuzz compares int lists by value
-        off = part.offsets.tolist()
         flat = gid.tolist()
         docs = [flat[a:b] for a, b in zip(off[:-1], off[1:], strict=True)]
-    return EncodedPartition(lengths.astype(np.int64), prefix, prefix_offsets, docs)
+    return EncodedPartition(lengths.astype(np.int64), prefix, prefix_offsets, sig, saturated, docs)
 
 
 def concat(parts: Sequence[EncodedPartition]) -> EncodedPartition:
     """Partitions side by side, in order (slots are positions in the result)."""
-    if not parts:
-        return EncodedPartition(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(1, np.int64), [])
     prefix_offsets = [np.zeros(1, np.int64)]
     base = 0
     for p in parts:
         prefix_offsets.append(p.prefix_offsets[1:] + base)
         base += int(p.prefix_offsets[-1])
     return EncodedPartition(
-        np.concatenate([p.lengths for p in parts]),
-        np.concatenate([p.prefix for p in parts]),
+        np.concatenate([np.zeros(0, np.int64)] + [p.lengths for p in parts]),
+        np.concatenate([np.zeros(0, np.int32)] + [p.prefix for p in parts]),
         np.concatenate(prefix_offsets),
+        np.concatenate([np.zeros((0, _BUCKETS), np.uint8)] + [p.sig for p in parts]),
+        np.concatenate([np.zeros(0, bool)] + [p.saturated for p in parts]),
         [d for p in parts for d in p.docs],
     )
 
@@ -264,44 +304,57 @@ def concat(parts: Sequence[EncodedPartition]) -> EncodedPartition:
 # -- phase 2: the index and candidate pairs ----------------------------------------------------
 @dataclass
 class _Tier:
-    """Prefix entries of some texts sorted by key = element * stride + length."""
+    """Prefix entries sorted by ``key = element * stride + length``."""
 
     key: np.ndarray  # int64
-    slot: np.ndarray  # int64
-    pos: np.ndarray  # int32, the entry's rank position in its text
+    slot: np.ndarray  # int32
+    pos: np.ndarray  # int32: the entry's rank position in its text
 
     def __len__(self) -> int:
         return len(self.key)
 
+    @classmethod
+    def build(cls, key: np.ndarray, slot: np.ndarray, pos: np.ndarray) -> _Tier:
+        o = np.argsort(key, kind="stable")
+        return cls(key[o], slot[o].astype(np.int32), pos[o].astype(np.int32))
+
 
 def _entries(
     enc: EncodedPartition, slots: np.ndarray, threshold: float, short: bool
-) -> tuple[np.ndarray, ...]:
-    """(element, slot, position, length) of the short or long prefix entries of ``slots``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(element, slot, position, length) of the short or long prefix entries at ``threshold``
+    of ``slots`` (grouped by slot, in the order of ``slots``)."""
     slots = np.asarray(slots, dtype=np.int64)
     lens = enc.lengths[slots]
     start = enc.prefix_offsets[slots]
-    size = enc.prefix_offsets[slots + 1] - start
-    if short:
-        size = np.minimum(size, prefix_sizes(lens, threshold)[0])
+    size = np.minimum(
+        enc.prefix_offsets[slots + 1] - start, prefix_sizes(lens, threshold)[0 if short else 1]
+    )
     total = int(size.sum())
     rep = np.repeat(np.arange(len(slots)), size)
     pos = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(size) - size, size)
     elem = enc.prefix[start[rep] + pos].astype(np.int64)
-    return elem, slots[rep], pos.astype(np.int32), lens[rep]
+    return elem, slots[rep], pos, lens[rep]
 
 
 @dataclass
 class PrefixIndex:
-    """Prefix entries of a pool of texts, in two tiers: the short prefixes (for partners at
-    least as long) and the long prefixes (for shorter partners), each a list of sorted segments
-    merged log-structured so that adding costs about the size of what is added."""
+    """Prefix entries of a pool of texts, per level and in two tiers: short prefixes (met by
+    partners at least as long) and long prefixes (met by shorter partners); each tier a list of
+    sorted segments merged log-structured, so adding costs about the size of what is added."""
 
     threshold: float
     max_len: int
-    short: list[_Tier] = field(default_factory=list)
-    long: list[_Tier] = field(default_factory=list)
+    levels: tuple[float, ...] = ()
+    tiers: dict[tuple[int, bool], list[_Tier]] = field(default_factory=dict)
     size: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.levels:
+            self.levels = (float(self.threshold),)
+        for k in range(len(self.levels)):
+            for short in (True, False):
+                self.tiers.setdefault((k, short), [])
 
     @property
     def stride(self) -> int:
@@ -313,17 +366,17 @@ class PrefixIndex:
         if not len(slots):
             return
         self.size += len(slots)
-        for tiers, short in ((self.short, True), (self.long, False)):
-            elem, slot, pos, lens = _entries(enc, slots, self.threshold, short)
-            key = elem * self.stride + lens
-            o = np.argsort(key, kind="stable")
-            tiers.append(_Tier(key[o], slot[o], pos[o]))
-            while len(tiers) > 1 and len(tiers[-2]) <= 2 * len(tiers[-1]):
-                b, a = tiers.pop(), tiers.pop()
-                key = np.concatenate([a.key, b.key])
-                o = np.argsort(key, kind="stable")
-                tiers.append(
-                    _Tier(key[o], np.concatenate([a.slot, b.slot])[o], np.concatenate([a.pos, b.pos])[o])
+        for (k, short), segs in self.tiers.items():
+            elem, slot, pos, lens = _entries(enc, slots, self.levels[k], short)
+            segs.append(_Tier.build(elem * self.stride + lens, slot, pos))
+            while len(segs) > 1 and len(segs[-2]) <= 2 * len(segs[-1]):
+                b, a = segs.pop(), segs.pop()
+                segs.append(
+                    _Tier.build(
+                        np.concatenate([a.key, b.key]),
+                        np.concatenate([a.slot, b.slot]),
+                        np.concatenate([a.pos, b.pos]),
+                    )
                 )
 
 
@@ -336,9 +389,8 @@ def _join(
     t: float,
     below: bool,
 ) -> Iterable[np.ndarray]:
-    """Pair keys ``j * 2**32 + i`` (deduplicated per probe text) of the hits of ``probe``
-    entries in ``tier`` with partner length in ``[lo, hi]`` that pass the positional bound;
-    ``below``: only partners ``i < j``."""
+    """Distinct pair keys ``j << 32 | i`` of the hits of ``probe`` entries in ``tier`` with a
+    partner length in ``[lo, hi]`` that pass the positional bound (``below``: ``i < j`` only)."""
     elem, slot, pos, m = probe
     if not len(elem) or not len(tier):
         return
@@ -348,7 +400,7 @@ def _join(
     hits = stop - start
     cum = np.cumsum(hits)
     # Chunks end where a probe text's entries end (they are contiguous), so all duplicate hits
-    # of a pair fall in one chunk and np.unique removes them.
+    # of a pair fall in one chunk and one sort removes them.
     ends = np.flatnonzero(np.r_[slot[1:] != slot[:-1], True]) + 1
     cum_at_end = cum[ends - 1]
     a, e = 0, 0
@@ -360,44 +412,50 @@ def _join(
         n_hits = int(cum[b - 1]) - before
         if n_hits:
             idx = np.repeat(start[a:b] - (np.cumsum(h) - h), h) + np.arange(n_hits)
-            i_slot = tier.slot[idx]
             i_len = tier.key[idx] % stride
-            j_slot = np.repeat(slot[a:b], h)
             j_len = np.repeat(m[a:b], h)
-            bound = 1 + np.minimum(i_len - 1 - tier.pos[idx], j_len - 1 - np.repeat(pos[a:b], h))
-            ok = 2 * bound > t * (i_len + j_len)
+            room = np.minimum(i_len - tier.pos[idx], j_len - np.repeat(pos[a:b], h))
+            ok = 2 * room > t * (i_len + j_len)
+            i_slot = tier.slot[idx].astype(np.int64)
+            j_slot = np.repeat(slot[a:b], h)
             if below:
                 ok &= i_slot < j_slot
             if ok.any():
-                yield np.unique((j_slot[ok] << 32) | i_slot[ok])
+                yield _distinct((j_slot[ok] << 32) | i_slot[ok])
         a = b
 
 
 def candidate_pairs(
-    enc: EncodedPartition, slots: np.ndarray, index: PrefixIndex, below: bool = False
+    enc: EncodedPartition,
+    slots: np.ndarray,
+    index: PrefixIndex,
+    level: int = -1,
+    below: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(i, j): every pool text ``i`` and probe text ``j`` (``slots``, ascending) that could have
-    F > threshold, each pair once, sorted by (j, i). ``below``: keep only ``i < j`` (joining a
-    block with itself)."""
+    F > ``index.levels[level]``, each pair once, sorted by (j, i). ``below``: only ``i < j``
+    (a block joined with itself)."""
     slots = np.asarray(slots, dtype=np.int64)
-    t = _lower(index.threshold)
-    out = []
-    if index.size and len(slots) and index.threshold < 1.0:
-        short = _entries(enc, slots, index.threshold, short=True)
-        long = _entries(enc, slots, index.threshold, short=False)
-        # A partner longer than the probe indexes its long prefix and meets the probe's short
-        # prefix; a partner at most as long indexes its short prefix and meets the long one.
-        lo_s, hi_s = length_window(short[3], index.threshold, index.max_len)
-        lo_l, _ = length_window(long[3], index.threshold, index.max_len)
-        for tier in index.long:
+    thr = index.levels[level]
+    level = level % len(index.levels)
+    t = _lower(thr)
+    out: list[np.ndarray] = []
+    if index.size and len(slots) and thr < 1.0:
+        short = _entries(enc, slots, thr, short=True)
+        long = _entries(enc, slots, thr, short=False)
+        # A partner longer than the probe has its long prefix indexed and meets the probe's
+        # short prefix; a partner at most as long has its short prefix indexed and meets the
+        # probe's long one.
+        _, hi_s = length_window(short[3], thr, index.max_len)
+        lo_l, _ = length_window(long[3], thr, index.max_len)
+        for tier in index.tiers[(level, False)]:
             out.extend(_join(tier, short, short[3] + 1, hi_s, index.stride, t, below))
-        for tier in index.short:
+        for tier in index.tiers[(level, True)]:
             out.extend(_join(tier, long, lo_l, long[3], index.stride, t, below))
     if not out:
         empty = np.zeros(0, np.int64)
         return empty, empty
-    # A pool text sits in one segment of one tier for a given probe length, so the parts are
-    # disjoint: sorting is enough.
+    # For a given probe, a pool text sits in one segment of one tier, so the parts are disjoint.
     keys = np.sort(np.concatenate(out)) if len(out) > 1 else out[0]
     return keys & 0xFFFFFFFF, keys >> 32
 
@@ -405,7 +463,7 @@ def candidate_pairs(
 # -- phase 3: scoring --------------------------------------------------------------------------
 @dataclass
 class Edges:
-    """Pairs above the threshold: ``i < j`` slots and rouge_score's F, sorted by (j, i)."""
+    """Pairs above the threshold: slots ``i < j`` and rouge_score's F, sorted by (j, i)."""
 
     i: np.ndarray
     j: np.ndarray
@@ -429,39 +487,55 @@ class Edges:
         return cls(i[o], j[o], np.concatenate([p.score for p in parts])[o])
 
 
-# Below this many partners of one probe text, threading costs more than it saves.
-_PARALLEL_MIN = 2048
+_M8 = np.uint64(0x00FF00FF00FF00FF)
+_M16 = np.uint64(0x0001000100010001)
 
 
-def score_pairs(
-    enc: EncodedPartition,
-    i: np.ndarray,
-    j: np.ndarray,
-    threshold: float,
-    workers: int = 1,
-) -> Edges:
-    """The exact LCS of each candidate pair (sorted by j) and F with rouge_score's floats
-    (:func:`stages.rouge.fmeasure`, ``j`` as the target, as the streaming path); the pairs with
-    F > threshold."""
+def overlap_bound(enc: EncodedPartition, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Per pair, ``sum_b min(count_i(b), count_j(b))``, at least the multiset overlap (or a
+    huge value when either side has a saturated bucket)."""
+    out = np.empty(len(i), dtype=np.int64)
+    for a in range(0, len(i), _BOUND_CHUNK):
+        ii, jj = i[a : a + _BOUND_CHUNK], j[a : a + _BOUND_CHUNK]
+        x = np.minimum(np.take(enc.sig, ii, axis=0), np.take(enc.sig, jj, axis=0))
+        # Byte sums, 8 bytes per word: pairs of bytes into 16-bit lanes (<= 510), then the
+        # four lanes summed into the top lane by one multiply (<= 2040, no carry out).
+        w = x.view(np.uint64)
+        w = (w & _M8) + ((w >> np.uint64(8)) & _M8)
+        w = (w * _M16) >> np.uint64(48)
+        out[a : a + _BOUND_CHUNK] = w.sum(axis=1)
+    out[enc.saturated[i] | enc.saturated[j]] = np.iinfo(np.int64).max // 4
+    return out
+
+
+def score_pairs(enc: EncodedPartition, i: np.ndarray, j: np.ndarray, threshold: float) -> Edges:
+    """Exact F of the candidate pairs (sorted by j) that pass the overlap bound: rapidfuzz's
+    LCS and :func:`stages.rouge.fmeasure` with ``j`` as the target (as the streaming path); the
+    pairs with F > threshold."""
+    if not len(i):
+        return Edges.empty()
+    t = _lower(threshold)
+    n, m = enc.lengths[i], enc.lengths[j]
+    ok = np.flatnonzero(2 * overlap_bound(enc, i, j) > t * (n + m))
+    i, j, n, m = i[ok], j[ok], n[ok], m[ok]
     if not len(i):
         return Edges.empty()
     docs = enc.docs
     lcs = np.empty(len(i), dtype=np.int64)
-    bounds = np.flatnonzero(np.r_[True, j[1:] != j[:-1], True])
-    il = i.tolist()
-    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+    bounds = np.flatnonzero(np.r_[True, j[1:] != j[:-1], True]).tolist()
+    il, jl = i.tolist(), j.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         lcs[a:b] = process.cdist(
-            [docs[int(j[a])]],
-            [docs[p] for p in il[a:b]],
-            scorer=LCSseq.similarity,
-            dtype=np.int32,
-            workers=workers if b - a >= _PARALLEL_MIN else 1,
+            [docs[jl[a]]], [docs[p] for p in il[a:b]], scorer=LCSseq.similarity, dtype=np.int32
         )[0]
-    n, m = enc.lengths[i], enc.lengths[j]
-    # Cheap exact pre-test (2L > t'(n+m) is implied by F > t), then rouge_score's float F.
-    near = np.flatnonzero(2 * lcs > _lower(threshold) * (n + m))
+    near = np.flatnonzero(2 * lcs > t * (n + m))
     scores = np.array(
-        [fmeasure(L, mm, nn) for L, mm, nn in zip(lcs[near].tolist(), m[near].tolist(), n[near].tolist(), strict=True)],
+        [
+            fmeasure(L, mm, nn)
+            for L, mm, nn in zip(
+                lcs[near].tolist(), m[near].tolist(), n[near].tolist(), strict=True
+            )
+        ],
         dtype=np.float64,
     )
     hit = scores > threshold
@@ -472,9 +546,9 @@ def score_pairs(
 # -- phase 4: resolution -----------------------------------------------------------------------
 def resolve(edges: Edges, kept: bytearray, nearest: list[int], score: list[float]) -> None:
     """One pass over ``edges`` sorted by (j, i), in order after every earlier call's: ``j`` is
-    dropped iff some ``i`` it has an edge from is kept; ``nearest[j]``/``score[j]`` become the
-    kept ``i`` with the highest F (the first on ties). ``kept`` starts all ones; when ``j``'s
-    edges are read, every ``i < j`` is already final."""
+    dropped iff it has an edge from a kept ``i``; ``nearest[j]``, ``score[j]`` become the kept
+    ``i`` with the highest F, the first on ties. ``kept`` starts all ones and ``score`` all
+    zeros; when ``j``'s edges are read, every ``i < j`` is final."""
     for i, j, f in zip(edges.i.tolist(), edges.j.tolist(), edges.score.tolist(), strict=True):
         if kept[i] and f > score[j]:
             kept[j] = 0
@@ -482,11 +556,40 @@ def resolve(edges: Edges, kept: bytearray, nearest: list[int], score: list[float
             score[j] = f
 
 
+# -- a block: against the pool, then against itself ----------------------------------------
+def probe(
+    enc: EncodedPartition,
+    slots: np.ndarray,
+    index: PrefixIndex,
+    threshold: float,
+    below: bool = False,
+) -> tuple[Edges, int]:
+    """Edges from the texts of ``index`` to the probe texts ``slots``, level by level: a probe
+    with an edge above a level is settled there, the rest go on to the next level (the last is
+    ``threshold``). ``below``: only ``i < j`` (a block against itself). (edges, pairs scored)."""
+    remaining = np.asarray(slots, dtype=np.int64)
+    found, scored = [], 0
+    last = len(index.levels) - 1
+    for k, level in enumerate(index.levels):
+        if not len(remaining):
+            break
+        i, j = candidate_pairs(enc, remaining, index, level=k, below=below)
+        scored += len(i)
+        edges = score_pairs(enc, i, j, level)
+        if k < last:
+            # Every index text above this level was a candidate: a probe with such an edge has
+            # its maximum (and its ties) among these edges.
+            settled = _distinct(edges.j)
+            remaining = remaining[~np.isin(remaining, settled)]
+        found.append(edges)
+    return Edges.cat(found), scored
+
+
 # -- the whole computation, local ----------------------------------------------------------
 @dataclass
 class Decisions:
-    """Per input text (in order): kept, and for a dropped one its nearest slot (``-1``; slots
-    below ``n_against`` are ``against`` texts, input k is slot ``n_against + k``) and F."""
+    """Per input text, in order: kept; for a dropped one its nearest slot (``-1`` when kept;
+    slots below ``n_against`` are ``against`` texts, input k is slot ``n_against + k``) and F."""
 
     kept: list[bool]
     nearest: list[int]
@@ -501,49 +604,53 @@ def dedup_texts(
     threshold: float = 0.7,
     tokenizer: str = "default",
     workers: int = 1,
-    block: int = 8192,
+    block: int = 2048,
     partition: int = 65536,
+    level_count: int = 3,
 ) -> Decisions:
-    """Greedy exact dedup of ``texts`` (after the ``against`` texts, which are never dropped).
+    """Greedy exact dedup of ``texts`` after the ``against`` texts (never dropped).
 
-    ``block``: texts joined per round (speed only); ``partition``: texts per tokenize task."""
+    ``workers``: threads (0 = all cores) over slices of each block (numpy and rapidfuzz release
+    the GIL in their loops). ``block``, ``partition``, ``level_count``: speed only."""
     all_texts = [*against, *texts]
-    na, total = len(against), len(against) + len(texts)
-    bounds = list(range(0, total, partition)) + [total]
-    parts = [tokenize_partition(all_texts[a:b], tokenizer) for a, b in zip(bounds, bounds[1:])]
-    counts: Counter = Counter()
-    for p in parts:
-        counts.update(element_counts(p))
-    order = TokenOrder.from_counts(counts)
-    enc = concat([encode_partition(p, order, threshold) for p in parts])
-    del parts, counts
-    max_len = int(enc.lengths.max(initial=0))
-    index = PrefixIndex(threshold, max_len)
-    index.add(enc, np.arange(na))
-    kept = bytearray(b"\x01") * total
-    nearest = [-1] * total
-    score = [0.0] * total
-    pairs = 0
-    for a in range(na, total, block):
-        b = min(a + block, total)
-        slots = np.arange(a, b)
-        i, j = candidate_pairs(enc, slots, index)
-        pool_edges = score_pairs(enc, i, j, threshold, workers)
-        pairs += len(i)
-        # Texts the pool already drops can never be kept, so they are no one's nearest.
-        alive = np.ones(b - a, dtype=bool)
-        alive[pool_edges.j - a] = False
-        own = PrefixIndex(threshold, max_len)
-        own.add(enc, slots[alive])
-        i, j = candidate_pairs(enc, slots, own, below=True)
-        own_edges = score_pairs(enc, i, j, threshold, workers)
-        pairs += len(i)
-        resolve(Edges.cat([pool_edges, own_edges]), kept, nearest, score)
-        keep = [s for s in range(a, b) if kept[s]]
-        index.add(enc, np.array(keep, dtype=np.int64))
-        for s in range(a, b):  # a dropped text is never a partner again
-            if not kept[s]:
-                enc.docs[s] = ""
-    return Decisions(
-        [bool(k) for k in kept[na:]], nearest[na:], score[na:], na, pairs
-    )
+    na, total = len(against), len(all_texts)
+    workers = workers or os.cpu_count() or 1
+    chunks = [all_texts[a : a + partition] for a in range(0, total, partition)]
+    del all_texts
+    with ThreadPoolExecutor(workers) as pool_ex:
+        run = pool_ex.map if workers > 1 else map
+        parts = list(run(tokenize_partition, chunks, itertools.repeat(tokenizer)))
+        del chunks
+        counts: Counter = Counter()
+        for c in run(element_counts, parts):
+            counts.update(c)
+        order = TokenOrder.from_counts(counts)
+        enc = concat(
+            list(run(encode_partition, parts, itertools.repeat(order), itertools.repeat(threshold)))
+        )
+        del parts, counts
+        max_len = int(enc.lengths.max(initial=0))
+        index = PrefixIndex(threshold, max_len, levels(threshold, level_count))
+        index.add(enc, np.arange(na))
+        kept = bytearray(b"\x01") * total
+        nearest = [-1] * total
+        score = [0.0] * total
+        scored = 0
+        for a in range(na, total, block):
+            b = min(a + block, total)
+            slots = np.arange(a, b, dtype=np.int64)
+            pieces = np.array_split(slots, min(workers, len(slots)))
+            rep = itertools.repeat
+            got = list(run(probe, rep(enc), pieces, rep(index), rep(threshold)))
+            # Texts the pool drops can never be kept, so they are no one's nearest.
+            own = PrefixIndex(threshold, max_len)
+            own.add(enc, np.setdiff1d(slots, np.concatenate([e.j for e, _ in got])))
+            got += list(run(probe, rep(enc), pieces, rep(own), rep(threshold), rep(True)))
+            scored += sum(n for _, n in got)
+            resolve(Edges.cat([e for e, _ in got]), kept, nearest, score)
+            keep = np.flatnonzero(np.frombuffer(kept, dtype=np.uint8, count=b - a, offset=a)) + a
+            index.add(enc, keep)
+            for s in range(a, b):  # a dropped text is never a partner again
+                if not kept[s]:
+                    enc.docs[s] = ""
+    return Decisions([bool(k) for k in kept[na:]], nearest[na:], score[na:], na, scored)

@@ -49,6 +49,26 @@ def test_chat_prompt_asks_for_the_numbered_batch():
     )
 
 
+def test_code_problem_chat_prompt_renders_exactly():
+    # The closing sentence exists because Qwen2.5-Coder-0.5B, asked for problems, answered
+    # with solutions (tests/data/qwen2.5-coder-0.5b_replies.jsonl: problems_all_code_in_one_fence).
+    seeds_ = [{"instruction": "Write a Python function `add(a, b)` that returns a + b."}]
+    name, text = prompting.code_problem_prompt(render, seeds_, 2, "chat")
+    assert name == "code_problem_chat"
+    assert text.endswith(
+        "Here are some existing problems:\n\n"
+        "Problem 1\nInstruction: Write a Python function `add(a, b)` that returns a + b.\n\n"
+        'Write 2 new problems, numbered Problem 2 to Problem 3, in the same format: a line "Problem N", '
+        'then a line starting with "Instruction:" that states the whole problem in one paragraph. '
+        "Make each differ from the examples and from the others in topic. Write only the problems: "
+        "no solutions, no code, no tests, nothing before or after them.\n"
+    )
+    _, tests = prompting.code_tests_prompt(
+        render, {"instruction": "Write `f(x)`."}, {"instruction": "e", "tests": "assert 1"}, "chat"
+    )
+    assert "Do not write the function itself (`f` already exists)" in tests
+
+
 # Real SmolLM2-135M replies (completion mode: the prompt ended at "Task 4\nInstruction:").
 REPLY_RAMBLING = """ How to make a homemade cat-alligator
 Input: <none>

@@ -347,7 +347,7 @@ def test_dedup_command_on_ray_decides_as_rouge_score_and_the_local_engine(cluste
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_embedded_server_run_replays_on_ray_from_the_local_journal(
     cluster, embedded_server, tmp_path
 ):
@@ -362,7 +362,13 @@ def test_embedded_server_run_replays_on_ray_from_the_local_journal(
             "model": embedded_server.model_name,
             "api": "completion",
         },
-        "generation": {"num": 3, "seeds_path": str(seeds), "answer_mode": "chat"},
+        "generation": {
+            "num": 2,
+            "seeds_path": str(seeds),
+            "answer_mode": "inline",
+            "max_tokens": 256,
+            "round_size": 2,
+        },
     }
     cfg = load_config(str(ROOT / "configs" / "general.yaml"), None, data)
     first = Run(cfg, progress=False).execute()

@@ -587,3 +587,44 @@ def test_a_request_is_never_a_function_of_timing():
     )
     assert [r.key("m", "completion") for r in one] == [r.key("m", "completion") for r in two]
     assert isinstance(one[0], Request)
+
+
+# -- magpie on a chat-only endpoint -----------------------------------------------------------
+def test_magpie_on_a_chat_endpoint_is_an_error_naming_the_setting(tmp_path):
+    from pipeline.run import Run
+    from tests.fake_openai import FakeOpenAI, echo_script
+
+    with FakeOpenAI(echo_script()) as srv:
+        cfg = load_config(
+            None,
+            [
+                f"output_dir={tmp_path}",
+                f"llm.base_url={srv.base_url}",
+                "llm.model=gpt-4o-mini",
+                "generation.strategy={alpaca: 0.5, magpie: 0.5}",
+            ],
+        )
+        with pytest.raises(ConfigError, match="llm.api=completion") as e:
+            Run(cfg, progress=False).execute()
+        assert "resolves to 'chat'" in str(e.value) and "magpie" in str(e.value)
+        assert srv.requests == [], "no request is sent before the error"
+
+
+def test_magpie_with_an_unknown_model_names_the_template_setting(tmp_path):
+    from pipeline.run import Run
+    from tests.fake_openai import FakeOpenAI, echo_script
+
+    with FakeOpenAI(echo_script()) as srv:
+        cfg = load_config(
+            None,
+            [
+                f"output_dir={tmp_path}",
+                f"llm.base_url={srv.base_url}",
+                "llm.model=my-finetune",
+                "llm.api=completion",
+                "generation.strategy=magpie",
+            ],
+        )
+        with pytest.raises(ConfigError, match="set generation.magpie.template"):
+            Run(cfg, progress=False).execute()
+        assert srv.requests == []

@@ -104,11 +104,22 @@ def test_a_mix_with_the_judge_balances_and_a_rerun_pays_nothing(embedded_server,
     assert first["llm"]["requests"] == again["llm"]["requests"]
     assert (tmp_path / "mix" / "data.json").read_text() == data
     card = (tmp_path / "mix" / "README.md").read_text()
-    assert "## Funnel" in card and "| judge |" in card
+    assert "## Funnel" in card and "| judge |" in card and "### Funnel per strategy" in card
+    assert set(stats["by_strategy"]) == set(by)
+    assert (
+        sum(
+            c["generate"]["kept"] + c["generate"]["rejected"] for c in stats["by_strategy"].values()
+        )
+        == (stats["stages"]["generate"]["total"])
+    )
+    from pipeline.report import write_report
+
+    page = write_report([tmp_path / "mix"]).read_text()
+    assert "Strategies and judge scores" in page and "<td>evol</td>" in page
 
 
 @pytest.mark.slow
-def test_oss_grounds_code_problems_in_snippets(embedded_server, tmp_path):
+def test_oss_and_evol_code_problems_are_solved_and_verified(embedded_server, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "tide.py").write_text(
@@ -125,10 +136,11 @@ def test_oss_grounds_code_problems_in_snippets(embedded_server, tmp_path):
         "oss",
         {
             "mode": "code",
-            "strategy": "oss",
+            # Requests 0-3 of seed 42 under this mix: oss, oss, evol, evol.
+            "strategy": {"oss": 1, "evol": 1},
             "num": 1,
             "code_rounds": 1,
-            "code_overgenerate": 2,
+            "code_overgenerate": 4,
             "num_candidates": 1,
             "oss": {"source": str(src)},
         },
@@ -136,8 +148,12 @@ def test_oss_grounds_code_problems_in_snippets(embedded_server, tmp_path):
     Run(cfg, progress=False).execute()
     assert_books(tmp_path / "oss")
     recs = generated(tmp_path / "oss")
-    assert recs and {r["meta"]["strategy"] for r in recs} == {"oss"}
+    assert {r["meta"]["strategy"] for r in recs} == {"oss", "evol"}
+    code_seeds = {r["id"] for r in lines(tmp_path / "oss" / "00_seeds.jsonl") if r.get("tests")}
     for r in recs:
+        if r["meta"]["strategy"] == "evol":
+            assert r["meta"]["parent"] in code_seeds, "code mode evolves code problems"
+            continue
         snip = r["meta"]["snippet"]
         assert snip["path"] == "tide.py", "the secret file is never a snippet source"
         assert 1 <= snip["end"] - snip["start"] + 1 <= 4
@@ -145,5 +161,8 @@ def test_oss_grounds_code_problems_in_snippets(embedded_server, tmp_path):
     solved = lines(tmp_path / "oss" / "03b_solve.jsonl") + lines(
         tmp_path / "oss" / "03b_solve.rejected.jsonl"
     )
-    assert all(r["meta"]["strategy"] == "oss" for r in solved)
-    json.loads((tmp_path / "oss" / "stats.json").read_text())
+    # Both kinds of problem reach tests and candidates, and verify runs what came back.
+    assert solved and all(r["meta"]["strategy"] in ("oss", "evol") for r in solved)
+    stats = json.loads((tmp_path / "oss" / "stats.json").read_text())
+    assert stats["stages"]["verify"]["total"] == stats["stages"]["solve"]["kept"]
+    assert set(stats["by_strategy"]) <= {"oss", "evol"}
