@@ -12,11 +12,16 @@ reply is parsed twice, by the parser before the chat-reply work (stages/parsing.
   is no preamble ("Sure! Here are ..."), holds no code fence and starts with no markdown, plus
   an output (general mode) or a named function (code mode); judged here, independently of the
   parser's own rules;
-- ``kept/req``: valid items the filter stage keeps (stages/filters.py, the run's defaults).
+- ``kept/req``: valid items the filter stage keeps (stages/filters.py, the run's defaults);
+- ``new/req``: kept items that are no near-duplicate (ROUGE-L > 0.7, stages/dedup.py) of a seed
+  task or of an earlier kept item from the same model, API and mode: what a run would gain.
 
-Then, code mode (``--solve K``): for K valid problems per API, one unit-test reply and two
-solution replies each, extracted as before (``extract_code``) and now (``extract_tests`` /
-``extract_solution``), and the share of candidates that pass their tests in the sandbox.
+Then, for unit tests and solutions (``--solve K``): K code seed tasks (each with a reference
+solution and reference tests in seed_tasks.jsonl) are asked for, per API, one unit-test reply
+and two solution replies each, the example shown being another seed. Each reply is extracted as
+before (``extract_code``) and now (``extract_tests`` / ``extract_solution``), and judged
+against the seed's own references in the sandbox: a test suite is usable when it has an assert
+and the reference solution passes it; a solution is correct when it passes the reference tests.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_parsers.py [--models qwen2.5-coder-0.5b]
         [--requests 6] [--solve 3] [--apis chat,completion] [--dump replies.jsonl]
@@ -43,7 +48,7 @@ from pipeline.llm import LLMClient
 from pipeline.prompts import render
 from pipeline.records import enumerate_jsonl
 from pipeline.server import EmbeddedServer
-from stages import execution, filters, parsing, prompting, seeds
+from stages import dedup, execution, filters, parsing, prompting, seeds
 from stages.base import Request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,9 +119,10 @@ def batch_requests(mode: str, api: str, n: int, pool: list[dict]) -> list[Reques
 
 
 def code_requests(problems: list[dict], examples: list[dict], api: str) -> list[Request]:
+    """One tests and two solution requests per problem (``tag``: the problem's index)."""
     reqs = []
     for j, p in enumerate(problems):
-        ex = examples[j % len(examples)]
+        ex = examples[j]
         for kind, sample in (("tests", 0), ("solutions", 0), ("solutions", 1)):
             build = (
                 prompting.code_tests_prompt if kind == "tests" else prompting.code_solution_prompt
@@ -124,74 +130,58 @@ def code_requests(problems: list[dict], examples: list[dict], api: str) -> list[
             _, text = build(render, p, ex, api)
             params = {**PARAMS["code"], "seed": 2000 + 10 * j + sample}
             if api == "completion":
-                params["stop"] = ["```", "### Problem"]
-                req = Request(
-                    kind=kind,
-                    prompt=text.rstrip("\n") + "\n",
-                    params=params,
-                    sample=sample,
-                    api=api,
-                )
+                params["stop"] = ["```", "### Problem"]  # as the run sends them
+                req = Request(kind=kind, prompt=text.rstrip("\n") + "\n", params=params)
             else:
                 req = Request(
-                    kind=kind,
-                    messages=[{"role": "user", "content": text}],
-                    params=params,
-                    sample=sample,
-                    api=api,
+                    kind=kind, messages=[{"role": "user", "content": text}], params=params
                 )
-            req.tag = j
+            req.api, req.sample, req.tag = api, sample, j
             reqs.append(req)
     return reqs
 
 
+def solve_seeds(pool: list[dict], k: int) -> tuple[list[dict], list[dict]]:
+    """K code seeds to solve and, for each, another seed shown as the example."""
+    code = sorted((s for s in pool if s.get("tests")), key=lambda s: s["id"])
+    rng = random.Random("bench-parsers:solve")
+    picks = rng.sample(code, min(2 * k, len(code)))
+    return picks[:k], picks[k : 2 * k]
+
+
 def collect(model: str, args, pools: dict) -> list[dict]:
     """Raw replies of one model: batch replies per API and mode, then tests and solutions for
-    the first ``--solve`` problems the current parser finds valid."""
+    ``--solve`` seed problems per API."""
     cfg = LLMConfig(concurrency=1, cache=False, timeout=900)
+    problems, examples = solve_seeds(pools["code"], args.solve)
     out: list[dict] = []
     with EmbeddedServer(model) as srv:
         client = LLMClient(
             cfg, base_urls=[srv.base_url], model=srv.model_name, api_key=None, api=srv.api
         )
         for api in args.apis.split(","):
-            problems: list[str] = []
-            for mode in ("general", "code"):
-                reqs = batch_requests(mode, api, args.requests, pools[mode])
-                for req, resp in client.stream(reqs):
-                    row = {
-                        "model": model,
-                        "api": api,
-                        "mode": mode,
-                        "sample": req.sample,
-                        "prefix": req.tag["prefix"],
-                        "text": getattr(resp, "text", "") or "",
-                        "finish": getattr(resp, "finish_reason", None),
-                        "tokens": getattr(resp, "completion_tokens", 0) or 0,
-                    }
-                    out.append(row)
-                    if mode == "code":
-                        problems += [
-                            ins for _, ins, why in score_items(parsing, row) if why == "kept"
-                        ]
-            examples = [s for s in pools["code"] if s.get("tests")][:4]
-            reqs = code_requests(
-                [{"instruction": p} for p in problems[: args.solve]], examples, api
-            )
-            prefix = "```python\n" if api == "completion" else ""
+            reqs = [
+                r
+                for mode in ("general", "code")
+                for r in batch_requests(mode, api, args.requests, pools[mode])
+            ]
+            reqs += code_requests(problems, examples, api)
             for req, resp in client.stream(reqs):
-                out.append(
-                    {
-                        "model": model,
-                        "api": api,
-                        "mode": req.kind,
-                        "sample": req.sample,
-                        "problem": problems[req.tag],
-                        "prefix": prefix,
-                        "text": getattr(resp, "text", "") or "",
-                        "tokens": getattr(resp, "completion_tokens", 0) or 0,
-                    }
-                )
+                row = {
+                    "model": model,
+                    "api": api,
+                    "mode": req.kind,
+                    "sample": req.sample,
+                    "text": getattr(resp, "text", "") or "",
+                    "finish": getattr(resp, "finish_reason", None),
+                    "tokens": getattr(resp, "completion_tokens", 0) or 0,
+                }
+                if req.kind in ("general", "code"):
+                    row["prefix"] = req.tag["prefix"]
+                else:
+                    row["prefix"] = "```python\n" if api == "completion" else ""
+                    row["seed"] = problems[req.tag]["id"]
+                out.append(row)
     return out
 
 
@@ -218,6 +208,10 @@ def score_items(mod, row: dict) -> list[tuple[object, str, str | None]]:
 def score(rows: list[dict], old) -> list[dict]:
     figs: dict[tuple, dict] = {}
     sandbox_why = execution.check_sandbox()
+    seed_records = seeds.load_seed_records(
+        enumerate_jsonl(ROOT / "seed_tasks.jsonl"), "seed_tasks.jsonl"
+    )
+    pools: dict[tuple, dedup.Deduper] = {}
     for row in rows:
         if row["mode"] not in ("general", "code"):
             continue
@@ -236,67 +230,80 @@ def score(rows: list[dict], old) -> list[dict]:
                 r is not None for *_, r in got
             )
             fig[f"{label}_kept"] = fig.get(f"{label}_kept", 0) + sum(r == "kept" for *_, r in got)
-    # tests + solutions: every candidate against its problem's tests, old vs new extraction.
-    by_problem: dict[tuple, dict[str, list[str]]] = {}
-    for row in rows:
-        if row["mode"] in ("tests", "solutions"):
-            k = (row["model"], row["api"], row["problem"])
-            by_problem.setdefault(k, {"tests": [], "solutions": []})[row["mode"]].append(
-                row["prefix"] + row["text"]
+            # As the run does: near-duplicates (ROUGE-L > 0.7) of a seed or of an earlier kept
+            # item of the same model, API and mode are dropped.
+            pool = pools.get((key, label))
+            if pool is None:
+                pool = pools[(key, label)] = dedup.Deduper(
+                    dedup.DedupConfig(), against=seed_records
+                )
+            new = sum(
+                pool.check({"instruction": ins})[0] is None for _, ins, r in got if r == "kept"
             )
-    for (model, api, problem), got in by_problem.items():
-        key = (model, api, "solve")
+            fig[f"{label}_new"] = fig.get(f"{label}_new", 0) + new
+    # tests and solutions, judged against the seed's reference solution and reference tests.
+    ref = {r["id"]: r for r in seed_records}
+    for row in rows:
+        if row["mode"] not in ("tests", "solutions") or "seed" not in row:
+            continue
+        key = (row["model"], row["api"], row["mode"])
         fig = figs.setdefault(
             key,
-            {"model": model, "api": api, "mode": "solve", "problems": 0, "candidates": 0,
-             "old_pass": 0, "new_pass": 0},
+            {"model": key[0], "api": key[1], "mode": key[2], "replies": 0, "tokens": 0,
+             "old_ok": 0, "new_ok": 0},
         )  # fmt: skip
-        fig["problems"] += 1
-        fn = prompting.function_name(problem)
-        tests = got["tests"][0] if got["tests"] else ""
-        for cand in got["solutions"]:
-            fig["candidates"] += 1
-            if sandbox_why:
-                fig["note"] = "no sandbox here: candidates not run"
-                continue
-            for label, t, c in (
-                ("old", parsing.extract_code(tests), parsing.extract_code(cand)),
-                ("new", parsing.extract_tests(tests, fn), parsing.extract_solution(cand)),
-            ):
-                if "assert" in t and execution.run_tests(c, t, timeout=10).passed:
-                    fig[f"{label}_pass"] += 1
+        fig["replies"] += 1
+        fig["tokens"] += row.get("tokens", 0)
+        seed = ref[row["seed"]]
+        text = row["prefix"] + row["text"]
+        fn = prompting.function_name(seed["instruction"])
+        if sandbox_why:
+            fig["note"] = "no sandbox here: nothing run"
+            continue
+        if row["mode"] == "tests":
+            pairs = (("old", parsing.extract_code(text)), ("new", parsing.extract_tests(text, fn)))
+            for label, tests in pairs:
+                if "assert" in tests and execution.run_tests(seed["output"], tests).passed:
+                    fig[f"{label}_ok"] += 1
+        else:
+            pairs = (("old", parsing.extract_code(text)), ("new", parsing.extract_solution(text)))
+            for label, code in pairs:
+                if execution.run_tests(code, seed["tests"]).passed:
+                    fig[f"{label}_ok"] += 1
     return list(figs.values())
 
 
 def table(figs: list[dict]) -> None:
     print(
         "\n| model | api | mode | requests | tokens/req | items/req old → new "
-        "| valid/req old → new | kept/req old → new |"
+        "| valid/req old → new | kept/req old → new | new/req old → new |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in figs:
-        if r["mode"] == "solve":
+        if r["mode"] not in ("general", "code"):
             continue
         n = r["requests"]
         cells = [
             f"{r.get('old_' + k, 0) / n:.2f} → {r['new_' + k] / n:.2f}"
-            for k in ("items", "valid", "kept")
+            for k in ("items", "valid", "kept", "new")
         ]
         print(
             f"| {r['model']} | {r['api']} | {r['mode']} | {n} | {r['tokens'] / n:.0f} | "
             + " | ".join(cells)
             + " |"
         )
-    solved = [r for r in figs if r["mode"] == "solve"]
+    solved = [r for r in figs if r["mode"] in ("tests", "solutions")]
     if solved:
         print(
-            "\n| model | api | problems | candidates | candidates passing, old → new extraction |"
+            "\n| model | api | reply | replies | tokens/reply | usable (tests) / correct "
+            "(solutions), old → new extraction |"
         )
-        print("|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|")
         for r in solved:
             print(
-                f"| {r['model']} | {r['api']} | {r['problems']} | {r['candidates']} | "
-                f"{r['old_pass']} → {r['new_pass']} {r.get('note', '')}|"
+                f"| {r['model']} | {r['api']} | {r['mode']} | {r['replies']} | "
+                f"{r['tokens'] / r['replies']:.0f} | {r['old_ok']} → {r['new_ok']} "
+                f"{r.get('note', '')}|"
             )
 
 
@@ -305,7 +312,7 @@ def main() -> int:
     ap.add_argument("--models", default=",".join(models.names()))
     ap.add_argument("--requests", type=int, default=6, help="batch requests per mode and API")
     ap.add_argument(
-        "--solve", type=int, default=3, help="code problems given tests + 2 solutions, per API"
+        "--solve", type=int, default=3, help="seed problems given tests + 2 solutions, per API"
     )
     ap.add_argument("--apis", default="chat,completion")
     ap.add_argument("--dump", help="append every raw reply to this JSONL file")

@@ -1,6 +1,7 @@
-"""Trainer configuration: our own ``model:`` / ``data:`` / ``lora:`` sections plus a ``training:``
-mapping handed unchanged to TRL's :class:`trl.SFTConfig` (so every TrainingArguments/SFTConfig
-field works there, and is validated by TRL itself, not restated here).
+"""Trainer configuration: ``method`` (lora | full), our own ``model:`` / ``data:`` (with its
+``fim:`` subsection) / ``lora:`` sections plus a ``training:`` mapping handed unchanged to TRL's
+:class:`trl.SFTConfig` (so every TrainingArguments/SFTConfig field works there, and is validated
+by TRL itself, not restated here).
 
 A YAML file in ``configs/train-*.yaml`` sets fields; ``--set section.key=value`` overrides them
 (``--set training.learning_rate=1e-4``); unknown keys are errors naming the key and the known ones.

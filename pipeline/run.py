@@ -13,7 +13,10 @@ records made past the target are exported as ``over_target`` rejects, not cut of
 Resume: every model answer is journaled in ``cache/responses.jsonl`` the moment it arrives.
 Running the same command again rewrites the stage files from scratch, replaying answered
 requests from the cache at no cost: a finished run makes no request at all, and a killed run
-makes only the requests the uninterrupted run would have made.
+makes only the requests the uninterrupted run would have made. On the Ray engine
+(``engine.kind=ray``, :mod:`pipeline.engine`) answers go to a directory store every node can
+reach (:mod:`pipeline.cache`), and the LLM, filter and verify stages run on the cluster; this
+module wires the same stages either way.
 
 The books: at the end the run checks, for every stage, that records in = kept + rejected with
 the same ids, and that its files hold what it counted; a mismatch is a :class:`BooksError`

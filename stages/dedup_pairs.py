@@ -425,6 +425,15 @@ def _join(
         a = b
 
 
+def _room_cap(probe: tuple[np.ndarray, ...], t: float, max_len: int) -> np.ndarray:
+    """Longest partner a probe entry can pass the positional bound with, if it is the first
+    shared element: ``2(m - q) > t'(n + m)`` gives ``n < 2(m - q)/t' - m``."""
+    _, _, q, m = probe
+    if t <= 0:
+        return np.full(len(m), max_len, dtype=np.int64)
+    return np.floor(2.0 * (m - q) / t - m).astype(np.int64)
+
+
 def candidate_pairs(
     enc: EncodedPartition,
     slots: np.ndarray,
@@ -448,10 +457,12 @@ def candidate_pairs(
         # probe's long one.
         _, hi_s = length_window(short[3], thr, index.max_len)
         lo_l, _ = length_window(long[3], thr, index.max_len)
+        hi_s = np.minimum(hi_s, _room_cap(short, t, index.max_len))
+        hi_l = np.minimum(long[3], _room_cap(long, t, index.max_len))
         for tier in index.tiers[(level, False)]:
             out.extend(_join(tier, short, short[3] + 1, hi_s, index.stride, t, below))
         for tier in index.tiers[(level, True)]:
-            out.extend(_join(tier, long, lo_l, long[3], index.stride, t, below))
+            out.extend(_join(tier, long, lo_l, hi_l, index.stride, t, below))
     if not out:
         empty = np.zeros(0, np.int64)
         return empty, empty

@@ -15,7 +15,8 @@ line numbers, ``text``), ``round``.
 Reject reasons (stage ``generate``): decided by :func:`check_snippet` before any request,
 ``snippet_contaminated`` (the snippet shares a 13-gram with a HumanEval problem; ``task_id``
 kept) and ``snippet_blank`` (only blank lines and comments were drawn); decided by
-:func:`check_problem`, ``oss_no_problem`` (the reply holds no problem text), ``oss_code_only``
+:func:`check_problem`, ``oss_no_problem`` (the reply holds no problem text: empty, a question back, or
+"here is an example" before a solution), ``oss_code_only``
 (the reply is code, not a problem statement), ``truncated_generation``; plus
 ``request_failed``.
 """
@@ -30,6 +31,12 @@ from dataclasses import dataclass
 from stages.base import Failure, Render, Request, Response, StageStats, help_field
 from stages.parsing import fenced_blocks
 
+# Openers of replies that write no problem: the model offers help, or presents its own solution.
+_NO_PROBLEM = re.compile(
+    r"^\W*(?:i'?m ready|i am ready|sure[,!.]|how can i help|what kind of|here is an example|"
+    r"here'?s an example|a well-known code snippet)",
+    re.I,
+)
 _CODE_LINE = re.compile(r"^\s*(?:def |class |import |from \S+ import |return\b|for |if |\S+\s*=)")
 
 
@@ -133,6 +140,8 @@ def clean(text: str) -> str:
 def check_problem(reply: str, problem: str) -> str | None:
     if not problem:
         return "oss_code_only" if fenced_blocks(reply, None) else "oss_no_problem"
+    if _NO_PROBLEM.match(problem):
+        return "oss_no_problem"
     lines = [ln for ln in problem.splitlines() if ln.strip()]
     if lines and sum(bool(_CODE_LINE.match(ln)) for ln in lines) * 2 > len(lines):
         return "oss_code_only"

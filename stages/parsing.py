@@ -417,6 +417,16 @@ def _instruction_and_code(instruction: str) -> tuple[str, str]:
     return instruction[: m.start()], instruction[m.start() :]
 
 
+def _head_outranks_label(head: str | None, labelled: str) -> bool:
+    """True when a header's own text is the task and the "Instruction:" under it is not: the
+    header is a sentence (no title, no chatter) and the labelled text does not read as a
+    request (no imperative opening, no question)."""
+    if not head or _is_title(head) or is_chatter(head) or len(head.split()) < 4:
+        return False
+    first = _prose(labelled.strip().split("\n", 1)[0])
+    return not (_IMPERATIVE.match(first) or first.endswith("?") or first == _prose(head))
+
+
 def parse_tasks(text: str, *, need_output: bool = True) -> list[Parsed]:
     """Tolerant parse of a batch reply into tasks (fields may be missing; the caller decides).
 
@@ -427,9 +437,16 @@ def parse_tasks(text: str, *, need_output: bool = True) -> list[Parsed]:
         f = _split_fields(block)
         instruction = f.get("instruction")
         inp = f.get("input", "")
+        head = f.get("_head")
         if instruction is None and f:
             # "Task 4: Rewrite the sentence..." with no Instruction: label.
-            instruction = f.get("_head")
+            instruction = head
+        elif instruction is not None and _head_outranks_label(head, instruction):
+            # "Task 5: Convert each date to ISO 8601.\nInstruction: 5 March 2024 ...": the task
+            # is in the header and the label holds its material (general mode: the input).
+            if need_output and not normalize_input(_clean(inp)):
+                inp = instruction
+            instruction = head
         if not f:
             # No labels: the task is the block's prose; its code (a solution the model wrote
             # instead of a problem) is never the instruction.

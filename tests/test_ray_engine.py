@@ -250,6 +250,24 @@ def test_code_run_same_files_and_a_worker_node_lost_during_verify(cluster, tmp_p
     assert files["04_verify.jsonl"], "some problem was verified"
 
 
+@pytest.mark.timeout(120)
+def test_a_refused_key_on_a_client_actor_ends_the_run_with_the_local_message(
+    cluster, tmp_path, monkeypatch
+):
+    from pipeline.errors import LLMFatalError
+
+    secret = "sk-live-abcdefghijklmnopqrstuvwxyz012345"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    refuse = lambda b, n: Reply(status=401, body={"error": {"message": f"bad key {secret}"}})  # noqa: E731
+    with FakeOpenAI(refuse) as srv:
+        cfg = config(tmp_path, [srv.base_url], seeds_file(tmp_path), ray_engine(cluster), num=2)
+        with pytest.raises(LLMFatalError, match="refused the API key") as err:
+            Run(cfg, progress=False).execute()
+        assert srv.requests[0][1].get("authorization") == f"Bearer {secret}"
+    assert secret not in str(err.value)
+    assert json.loads((tmp_path / "r" / "data.json").read_text()) == []
+
+
 @pytest.mark.timeout(240)
 def test_driver_killed_with_minus_9_and_rerun_pays_no_answer_twice(cluster, tmp_path):
     seeds = seeds_file(tmp_path)

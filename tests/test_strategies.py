@@ -175,7 +175,13 @@ def test_evol_elimination_rule_on_a_real_qwen_reply(reply, parent, reason):
     assert evol.check(evol.clean(reply), parent, evol.EvolConfig()) == reason
 
 
-# No refusal, punctuation-only or too-short evolution turned up in ~120 sampled evolutions of the
+def test_evol_too_short_on_a_real_reply():
+    # SmolLM2 at temperature 1.3, evol_complicate_input: one word, then something else.
+    reply = 'Clarify.\n\nTranslate: Sentence: "The power of education lies not only in'
+    assert evol.check(evol.clean(reply), HAIKU, evol.EvolConfig()) == "evol_too_short"
+
+
+# No refusal or punctuation-only evolution turned up in ~150 sampled evolutions of the
 # two embedded models; these are the shapes WizardLM's rules name, constructed here.
 @pytest.mark.parametrize(
     "reply, reason",
@@ -184,7 +190,6 @@ def test_evol_elimination_rule_on_a_real_qwen_reply(reply, parent, reason):
         ("As an AI language model, I cannot write haikus.", "evol_refusal"),
         ("...?!", "evol_punctuation_only"),
         ("the and of", "evol_punctuation_only"),
-        ("Haiku, harder.", "evol_too_short"),
     ],
 )
 def test_evol_constructed_defects(reply, reason):
@@ -421,6 +426,34 @@ def test_oss_snippet_checks():
     reason, detail = oss.check_snippet({"text": prompt}, humaneval_index().match)
     assert (reason, detail) == ("snippet_contaminated", {"task_id": "HumanEval/0"})
     assert oss.check_snippet({"text": "return math.cos(h)"}, humaneval_index().match) == (None, {})
+
+
+@pytest.mark.parametrize(
+    "reply, reason",
+    [
+        # SmolLM2 on a snippet of stages/verify.py: a (broken) solution, no problem statement.
+        (
+            "```python\ndef verify_workers(num: int, max_worker=None) -> int | None  # returns the "
+            "number of workers that can be verified without a maximum limit.\n"
+            "verify_workers((max_worker=1), -3, False)\n```",
+            "oss_code_only",
+        ),
+        # SmolLM2: it offered help instead of writing a problem.
+        (
+            "I'm ready to assist. What kind of Python code would you like help with? Is there a "
+            "specific problem or project in mind that requires your creative problem-solving skills?",
+            "oss_no_problem",
+        ),
+        # SmolLM2: an example solution, introduced as such.
+        (
+            "Here is an example of a Python function that uses a loop to close a file:\n```python\n"
+            "# Using a while loop, it returns None when the file cannot be closed\n```",
+            "oss_no_problem",
+        ),
+    ],
+)
+def test_oss_reject_on_a_real_reply(reply, reason):
+    assert oss.check_problem(reply, oss.clean(reply)) == reason
 
 
 def test_oss_problem_checks():
