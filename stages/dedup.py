@@ -34,6 +34,7 @@ from stages.rouge import TOKENIZERS, ExactIndex, MinHashIndex
 REASON_DUPLICATE = "rouge_duplicate"
 REASON_MISSING = "missing_field"
 METHODS = ("exact", "minhash")
+ALGORITHMS = ("stream", "pairs")
 
 
 @dataclass
@@ -90,6 +91,15 @@ class DedupConfig:
         },
     )
     minhash_seed: int = dataclasses.field(default=1, metadata={"help": "minhash: permutation seed"})
+    algorithm: str = dataclasses.field(
+        default="stream",
+        metadata={
+            "help": "exact: stream (each record against the kept pool as it arrives; what "
+            "generation uses) | pairs (a batch over the whole input: candidate pairs by a "
+            "prefix-filter join, scored, resolved in input order; same decisions, for large "
+            "files and clusters)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
@@ -115,6 +125,15 @@ class DedupConfig:
         if not 0.0 < self.lsh_threshold < 1.0:
             raise ValueError(
                 f"dedup.lsh_threshold={self.lsh_threshold!r}: must be strictly between 0 and 1"
+            )
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"dedup.algorithm={self.algorithm!r}: use one of {', '.join(ALGORITHMS)}"
+            )
+        if self.algorithm == "pairs" and self.method != "exact":
+            raise ValueError(
+                f"dedup.algorithm='pairs' needs dedup.method='exact' (got {self.method!r}); "
+                "use algorithm=stream for minhash"
             )
 
 
@@ -207,13 +226,55 @@ def prime_sample(records: Iterable[dict], cfg: DedupConfig) -> list[str]:
     return [t for r in head if (t := _text(r, cfg.field)) is not None]
 
 
+def run_pairs(
+    records: Iterable[dict], cfg: DedupConfig, stats: StageStats, against: Iterable[dict] = ()
+) -> Iterator[dict]:
+    """The same decisions and reject details as :class:`Deduper`, computed as a batch by
+    :mod:`stages.dedup_pairs` (reads all records first, then yields in input order)."""
+    from stages.dedup_pairs import dedup_texts
+
+    keys, pool_texts = [], []
+    for i, r in enumerate(against):
+        if (text := _text(r, cfg.field)) is not None:
+            keys.append((r.get("id", f"against:{i}"), True))
+            pool_texts.append(text)
+    n_against = len(keys)
+    recs = list(stats.admit(records))
+    texts = []
+    for k, rec in enumerate(recs):
+        if (text := _text(rec, cfg.field)) is not None:
+            keys.append((rec.get("id", k), False))
+            texts.append(text)
+    found = dedup_texts(texts, pool_texts, cfg.threshold, cfg.tokenizer, cfg.workers)
+    stats.extra["pairs_scored"] += found.pairs_scored
+    slot = n_against
+    for rec in recs:
+        if _text(rec, cfg.field) is None:
+            stats.drop(rec, REASON_MISSING, field=cfg.field)
+            continue
+        x = slot - n_against
+        slot += 1
+        if found.kept[x]:
+            yield stats.keep(rec)
+            continue
+        nearest_id, is_against = keys[found.nearest[x]]
+        detail: dict[str, Any] = {"nearest_id": nearest_id, "score": found.score[x]}
+        if is_against:
+            detail["nearest_against"] = True
+        stats.drop(rec, REASON_DUPLICATE, **detail)
+
+
 def run(
     records: Iterable[dict], cfg: DedupConfig, stats: StageStats, against: Iterable[dict] = ()
 ) -> Iterator[dict]:
     """Yield kept records in input order; drop duplicates via ``stats.drop``.
 
-    Reads ahead at most ``cfg.prime_size`` records (to order tokens rare-first), then streams.
+    Reads ahead at most ``cfg.prime_size`` records (to order tokens rare-first), then streams;
+    with ``cfg.algorithm == "pairs"``, reads everything first (:func:`run_pairs`).
     """
+    if cfg.algorithm == "pairs":
+        yield from run_pairs(records, cfg, stats, against)
+        return
     it = iter(records)
     head = list(itertools.islice(it, cfg.prime_size)) if cfg.method == "exact" else []
     deduper = Deduper(cfg, against, sample=prime_sample(head, cfg))

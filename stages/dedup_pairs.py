@@ -38,17 +38,22 @@ texts hold it, so ``L <= o <= min(n, m)``.
 * Required overlap. ``o >= L``, ``L <= n`` and ``2L > t'(n+m)`` give ``o > t'm/(2-t')``, so
   ``o >= alpha(m) = floor(t'm/(2-t')) + 1`` (either text in this role). If ``|x| <= |y|``,
   ``o > t'(|x|+|y|)/2 >= t'|x|``, so ``o >= gamma(|x|) = floor(t'|x|) + 1``.
-* Prefix lemma. Order all occurrences globally. If ``|X ∩ Y| >= a`` and ``|X ∩ Y| >= b``, the
-  first ``|X| - a + 1`` elements of X and the first ``|Y| - b + 1`` of Y both hold
-  ``e = min(X ∩ Y)``: at most ``a - 1`` elements of ``X ∩ Y`` lie past X's prefix, so one lies in
-  it, and the prefix is downward closed in X, so ``e``, below that one, is in it; same for Y.
-  So with the *long* prefix ``|y| - alpha(|y|) + 1`` of the longer text and the *short* prefix
-  ``|x| - gamma(|x|) + 1`` of the shorter (either on equal lengths), every pair with F > t
-  shares an element of those two prefixes, and the smallest shared one is ``e``.
-* Positional bound. At ``e``, at rank positions ``p`` in i and ``q`` in j, every other common
-  occurrence comes after both, so ``o <= 1 + min(n-1-p, m-1-q)``; a pair is kept iff this
-  exceeds ``t'(n+m)/2``. A later shared element gives a smaller value, so "some shared prefix
-  element passes" equals "``e`` passes": testing each join hit alone drops nothing needed.
+* Prefix lemma (with ``l`` shared elements). Order all occurrences globally. If
+  ``|X ∩ Y| >= a >= l`` and ``|X ∩ Y| >= b >= l``, the first ``|X| - a + l`` elements of X and
+  the first ``|Y| - b + l`` of Y both hold the ``l`` smallest elements of ``X ∩ Y``: at most
+  ``a - l`` elements of ``X ∩ Y`` lie past X's prefix, so at least ``l`` lie in it, and the
+  prefix is downward closed in X, so the ``l`` smallest of ``X ∩ Y`` are in it; same for Y.
+  The index uses the *long* prefix (``a = alpha``) of the longer text and the *short* prefix
+  (``a = gamma``) of the shorter (either on equal lengths), with ``l = 2`` where that text's
+  ``a >= 2`` and ``l = 1`` otherwise (a text of one token): every pair with F > t shares its
+  smallest common element ``e1`` in both prefixes, and when both texts have ``l = 2`` also its
+  second ``e2``, so a pair with a single hit is dropped when both sides have ``l = 2``.
+* Positional bound. At ``e1``, at rank positions ``p`` in i and ``q`` in j, every other common
+  occurrence comes after both, so ``o <= 1 + min(n-1-p, m-1-q)``; at ``e2``, ``o <= 2 + min(...)``.
+  A hit is kept iff ``l + min(n-p, m-q) - 1 > t'(n+m)/2`` with the pair's ``l``, which holds at
+  ``e1`` (and ``e2``) of every pair with F > t, whatever the hit; so the per-hit test, and the
+  partner length cap it gives per probe entry before any hit is expanded
+  (``n < 2(m-q+1)/t' - m``), drop nothing needed.
 * Overlap bound. Tokens fall into 64 buckets (the 32 most frequent tokens one each, the rest by
   id); ``sum_b min(count_i(b), count_j(b)) >= o`` since min is superadditive. Counts are kept in
   a byte; a text with a count above 255 is never pruned by this bound.
@@ -68,19 +73,29 @@ texts hold it, so ``L <= o <= min(n, m)``.
 
 Why it is fast. Per text, Python only tokenizes; everything after is array work. The pool's
 prefix entries are sorted by ``(element, length)``, so one ``searchsorted`` per probe entry
-finds its length-compatible partners, ``np.repeat`` expands them, the positional bound is one
-array expression and a sort removes duplicates (``np.unique``'s hash path in numpy 2.4 is two
-orders of magnitude slower than sorting int64 keys). The shorter text of a pair probes with its
-short prefix (~30% of its tokens at t = 0.7, against ~46% for a plain prefix filter); the levels
-settle near-copies with prefixes of ~10-18%; the overlap bound, a few byte operations per pair,
-spares ~80% of the LCS calls (~0.6 us each for scattered pairs). Greedy pruning keeps the pairs
-between two duplicates (most pairs, on near-duplicate-heavy data) from ever forming. Pool
-segments merge log-structured, so adding a block's kept texts sorts about that block's entries.
+(needles sorted, so each search resumes where the last ended) finds its length-compatible
+partners, ``np.repeat`` expands them, the positional bound is one array expression and one sort
+per chunk dedupes and counts the hits of each pair (``np.unique``'s hash path in numpy 2.4 is
+two orders of magnitude slower than sorting int64 keys). The shorter text of a pair probes with
+its short prefix (~30% of its tokens at t = 0.7, against ~46% for a plain prefix filter);
+requiring two shared elements removes the pairs that share one rare token and little else (the
+bulk of a plain prefix join's output); the levels settle near-copies with prefixes of ~10-20%;
+the overlap bound, a few byte operations per pair, spares most LCS calls (~0.6 us each for
+scattered pairs). Greedy pruning keeps the pairs between two duplicates (most pairs, on
+near-duplicate-heavy data) from ever forming. Pool segments merge log-structured, so adding a
+block's kept texts sorts about that block's entries.
+
+What stays quadratic: a probe is joined with every kept text that shares enough of its rarer
+tokens, and on corpora of templated texts (the 7,673 "toolformer" instructions of the 25k
+corpus share ~30-token preambles) the kept texts of one template are all such partners, so the
+work grows about 3-4x per doubling of the input, as for the streaming index; blocks spread it
+over workers.
 
 Partitioning for a cluster: phase 1 maps over input partitions; per block, phases 2 and 3 map
-over slices of the block against the broadcast index (:func:`probe`);
-the driver runs :func:`resolve` and :meth:`PrefixIndex.add`. Driver state: a byte per text, the
-block's edges and the index.
+over slices of the block against the broadcast index (:func:`probe`); the driver runs
+:func:`resolve` and :meth:`PrefixIndex.add`. Driver state: a byte per text, the block's edges
+and the index (about 16 bytes per prefix entry of a kept text, ~1.7 entries per token over the
+levels and tiers).
 """
 
 from __future__ import annotations
@@ -107,6 +122,8 @@ _CHUNK_HITS = 1 << 21
 _BUCKETS = 64
 _DEDICATED = 32
 _BOUND_CHUNK = 1 << 18
+# Tier keys below this are stored as int32; search keys are clipped to it.
+_KEY32 = (1 << 31) - 1
 
 
 def _lower(threshold: float) -> float:
@@ -119,18 +136,28 @@ def _distinct(keys: np.ndarray) -> np.ndarray:
     return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
 
 
-def prefix_sizes(lengths: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(short, long) prefix sizes for texts of these token counts: ``n - gamma(n) + 1`` when the
-    text is the shorter of a pair, ``n - alpha(n) + 1`` otherwise (module docstring)."""
+def required_overlap(lengths: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(gamma, alpha): the overlap a text of each length needs with a partner at least as long,
+    and with any partner, to exceed the threshold (module docstring)."""
     n = np.asarray(lengths, dtype=np.int64)
     if threshold >= 1.0:  # F <= 1: nothing is ever above the threshold
-        zero = np.zeros_like(n)
-        return zero, zero
+        return n + 1, n + 1
     t = _lower(threshold)
     nf = n.astype(np.float64)
-    alpha = np.floor(t * nf / (2.0 - t)).astype(np.int64) + 1
     gamma = np.floor(t * nf).astype(np.int64) + 1
-    return np.maximum(n - gamma + 1, 0), np.maximum(n - alpha + 1, 0)
+    alpha = np.floor(t * nf / (2.0 - t)).astype(np.int64) + 1
+    return gamma, alpha
+
+
+def prefix_sizes(lengths: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(short, long) prefix sizes: ``n - a + 2`` for a required overlap ``a >= 2`` (a partner
+    then shares two elements of it), ``n - a + 1`` otherwise; ``a`` is gamma for the shorter
+    text of a pair, alpha for the longer."""
+    n = np.asarray(lengths, dtype=np.int64)
+    gamma, alpha = required_overlap(n, threshold)
+    short = n - gamma + 1 + (gamma >= 2)
+    long = n - alpha + 1 + (alpha >= 2)
+    return np.maximum(short, 0), np.maximum(long, 0)
 
 
 def length_window(
@@ -308,15 +335,33 @@ class _Tier:
 
     key: np.ndarray  # int64
     slot: np.ndarray  # int32
-    pos: np.ndarray  # int32: the entry's rank position in its text
+    length: np.ndarray  # int32: the text's token count
+    room: np.ndarray  # int32: length - the entry's rank position in its text
 
     def __len__(self) -> int:
         return len(self.key)
 
     @classmethod
-    def build(cls, key: np.ndarray, slot: np.ndarray, pos: np.ndarray) -> _Tier:
+    def build(cls, key, slot, length, room) -> _Tier:
         o = np.argsort(key, kind="stable")
-        return cls(key[o], slot[o].astype(np.int32), pos[o].astype(np.int32))
+        i32 = np.int32
+        key = key[o]
+        if len(key) and key[-1] < _KEY32:  # a third less memory for the usual vocabularies
+            key = key.astype(i32)
+        return cls(key, slot[o].astype(i32), length[o].astype(i32), room[o].astype(i32))
+
+    def needles(self, q: np.ndarray) -> np.ndarray:
+        """Search keys in this tier's dtype (clipping keeps every comparison's outcome)."""
+        return np.minimum(q, _KEY32).astype(self.key.dtype) if self.key.dtype == np.int32 else q
+
+    @classmethod
+    def merge(cls, a: _Tier, b: _Tier) -> _Tier:
+        return cls.build(
+            *(
+                np.concatenate([getattr(a, f), getattr(b, f)])
+                for f in ("key", "slot", "length", "room")
+            )
+        )
 
 
 def _entries(
@@ -368,41 +413,42 @@ class PrefixIndex:
         self.size += len(slots)
         for (k, short), segs in self.tiers.items():
             elem, slot, pos, lens = _entries(enc, slots, self.levels[k], short)
-            segs.append(_Tier.build(elem * self.stride + lens, slot, pos))
+            segs.append(_Tier.build(elem * self.stride + lens, slot, lens, lens - pos))
             while len(segs) > 1 and len(segs[-2]) <= 2 * len(segs[-1]):
                 b, a = segs.pop(), segs.pop()
-                segs.append(
-                    _Tier.build(
-                        np.concatenate([a.key, b.key]),
-                        np.concatenate([a.slot, b.slot]),
-                        np.concatenate([a.pos, b.pos]),
-                    )
-                )
+                segs.append(_Tier.merge(a, b))
 
 
 def _join(
     tier: _Tier,
     probe: tuple[np.ndarray, ...],
-    lo: np.ndarray,
-    hi: np.ndarray,
+    qlo: np.ndarray,
+    qhi: np.ndarray,
     stride: int,
     t: float,
+    two: tuple[np.ndarray, np.ndarray],
     below: bool,
 ) -> Iterable[np.ndarray]:
-    """Distinct pair keys ``j << 32 | i`` of the hits of ``probe`` entries in ``tier`` with a
-    partner length in ``[lo, hi]`` that pass the positional bound (``below``: ``i < j`` only)."""
+    """Distinct pair keys ``j << 32 | i`` of the pool entries of ``tier`` with a key in
+    ``[qlo, qhi]`` of each probe entry, that pass the positional bound and, where both texts
+    need two shared elements (``two``: per length, for the tier's pool role and the probe's),
+    have two hits. ``below``: ``i < j`` only. ``qlo``, ``qhi`` sorted per probe text's run."""
     elem, slot, pos, m = probe
     if not len(elem) or not len(tier):
         return
-    base = elem * stride
-    start = np.searchsorted(tier.key, base + lo, side="left")
-    stop = np.maximum(np.searchsorted(tier.key, base + hi, side="right"), start)
-    hits = stop - start
+    # Sorted needles let searchsorted resume where the last search ended (far fewer misses).
+    o = np.argsort(qlo, kind="stable")
+    start = np.empty(len(qlo), dtype=np.int64)
+    start[o] = np.searchsorted(tier.key, tier.needles(qlo[o]), side="left")
+    stop = np.empty(len(qhi), dtype=np.int64)
+    stop[o] = np.searchsorted(tier.key, tier.needles(qhi[o]), side="right")
+    hits = np.maximum(stop - start, 0)
     cum = np.cumsum(hits)
-    # Chunks end where a probe text's entries end (they are contiguous), so all duplicate hits
-    # of a pair fall in one chunk and one sort removes them.
+    # Chunks end where a probe text's entries end (they are contiguous), so all hits of a pair
+    # fall in one chunk: one sort there dedupes and counts them.
     ends = np.flatnonzero(np.r_[slot[1:] != slot[:-1], True]) + 1
     cum_at_end = cum[ends - 1]
+    two_pool, two_probe = two
     a, e = 0, 0
     while a < len(elem):
         before = int(cum[a - 1]) if a else 0
@@ -412,26 +458,43 @@ def _join(
         n_hits = int(cum[b - 1]) - before
         if n_hits:
             idx = np.repeat(start[a:b] - (np.cumsum(h) - h), h) + np.arange(n_hits)
-            i_len = tier.key[idx] % stride
+            i_len = tier.length[idx]
             j_len = np.repeat(m[a:b], h)
-            room = np.minimum(i_len - tier.pos[idx], j_len - np.repeat(pos[a:b], h))
+            pair_two = two_pool[i_len] & np.repeat(two_probe[m[a:b]], h)
+            # The first shared element leaves room for 1 + what follows it on both sides; the
+            # second for 2 + what follows it.
+            room = np.minimum(tier.room[idx], np.repeat(m[a:b] - pos[a:b], h)) + pair_two
             ok = 2 * room > t * (i_len + j_len)
             i_slot = tier.slot[idx].astype(np.int64)
             j_slot = np.repeat(slot[a:b], h)
             if below:
                 ok &= i_slot < j_slot
             if ok.any():
-                yield _distinct((j_slot[ok] << 32) | i_slot[ok])
+                # The flag rides in the key's low bit (slots are below 2**31).
+                keys = np.sort((j_slot[ok] << 32) | (i_slot[ok] << 1) | pair_two[ok])
+                first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+                count = np.diff(np.r_[first, len(keys)])
+                keys = keys[first]
+                keys = keys[(count >= 2) | ((keys & 1) == 0)]
+                yield ((keys >> 32) << 32) | ((keys & 0xFFFFFFFF) >> 1)
         a = b
 
 
 def _room_cap(probe: tuple[np.ndarray, ...], t: float, max_len: int) -> np.ndarray:
-    """Longest partner a probe entry can pass the positional bound with, if it is the first
-    shared element: ``2(m - q) > t'(n + m)`` gives ``n < 2(m - q)/t' - m``."""
+    """Longest partner with which a probe entry can pass the positional bound: the room
+    ``m - q + 1`` (the most a hit at position q can leave, first or second shared element)
+    must exceed ``t'(n + m)/2``, so ``n < 2(m - q + 1)/t' - m``."""
     _, _, q, m = probe
     if t <= 0:
         return np.full(len(m), max_len, dtype=np.int64)
-    return np.floor(2.0 * (m - q) / t - m).astype(np.int64)
+    return np.floor(2.0 * (m - q + 1) / t - m).astype(np.int64)
+
+
+def _two_table(max_len: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per length: does a text need two shared elements as the shorter / longer of a pair
+    (its gamma / alpha is at least 2)?"""
+    gamma, alpha = required_overlap(np.arange(max_len + 2), threshold)
+    return gamma >= 2, alpha >= 2
 
 
 def candidate_pairs(
@@ -450,19 +513,23 @@ def candidate_pairs(
     t = _lower(thr)
     out: list[np.ndarray] = []
     if index.size and len(slots) and thr < 1.0:
-        short = _entries(enc, slots, thr, short=True)
-        long = _entries(enc, slots, thr, short=False)
+        stride, max_len = index.stride, index.max_len
+        two_short, two_long = _two_table(max_len, thr)
         # A partner longer than the probe has its long prefix indexed and meets the probe's
         # short prefix; a partner at most as long has its short prefix indexed and meets the
         # probe's long one.
-        _, hi_s = length_window(short[3], thr, index.max_len)
-        lo_l, _ = length_window(long[3], thr, index.max_len)
-        hi_s = np.minimum(hi_s, _room_cap(short, t, index.max_len))
-        hi_l = np.minimum(long[3], _room_cap(long, t, index.max_len))
+        short = _entries(enc, slots, thr, short=True)
+        _, hi = length_window(short[3], thr, max_len)
+        hi = np.minimum(hi, _room_cap(short, t, max_len))
+        qlo, qhi = short[0] * stride + short[3] + 1, short[0] * stride + hi
         for tier in index.tiers[(level, False)]:
-            out.extend(_join(tier, short, short[3] + 1, hi_s, index.stride, t, below))
+            out.extend(_join(tier, short, qlo, qhi, stride, t, (two_long, two_short), below))
+        long = _entries(enc, slots, thr, short=False)
+        lo, _ = length_window(long[3], thr, max_len)
+        hi = np.minimum(long[3], _room_cap(long, t, max_len))
+        qlo, qhi = long[0] * stride + lo, long[0] * stride + hi
         for tier in index.tiers[(level, True)]:
-            out.extend(_join(tier, long, lo_l, hi_l, index.stride, t, below))
+            out.extend(_join(tier, long, qlo, qhi, stride, t, (two_short, two_long), below))
     if not out:
         empty = np.zeros(0, np.int64)
         return empty, empty

@@ -60,7 +60,7 @@ _HEADER = re.compile(
 )
 _FIELD = re.compile(
     r"^[ \t>*#\-]*(?:\d{1,3}[.)][ \t]*)?\**[ \t]*"
-    r"(instructions?|problem statement|problem description|description|input|expected output"
+    r"(instructions?|problem statement|problem description|input|expected output"
     r"|output|response|answer)\s*\**\s*[:：]\s*\**[ \t]*",
     re.I | re.M,
 )
@@ -69,7 +69,6 @@ _CANON = {
     "instructions": "instruction",
     "problem statement": "instruction",
     "problem description": "instruction",
-    "description": "instruction",
     "input": "input",
     "output": "output",
     "expected output": "output",
@@ -182,7 +181,8 @@ def is_chatter(paragraph: str) -> bool:
 
 
 def _strip_markdown(text: str) -> str:
-    text = re.sub(r"\*\*|__", "", text)
+    # Bold as ** only: "__" is as likely to be part of `__init__`.
+    text = text.replace("**", "")
     text = re.sub(r"^[ \t]*#{1,6}[ \t]+", "", text, flags=re.M)
     return text
 
@@ -368,10 +368,11 @@ def _call(sig: re.Match) -> str:
 
 
 def _compose(head: str, body: str) -> str | None:
-    """The instruction of a task with no "Instruction:" label, from its first line and the rest.
-    A first line that is a label (a title such as "Count Islands in a Grid", or a line ending
-    in a colon) is dropped when prose follows; one that names only a function signature
-    ("**Function `f(x)`:**") becomes "Write a Python function `f(x)`." in front of it."""
+    """The instruction of a task with no "Instruction:" label, from its first line and the rest,
+    as one paragraph. A first line that is a label (a title such as "Count Islands in a Grid",
+    an introduction such as "New problems:", a bold label before the text) is dropped; one that
+    names only a function signature ("**Function `f(x)`:**") becomes "Write a Python function
+    `f(x)`." in front of the text, so the problem still names its function."""
     # "**Count Paths**: Write a function ..." / "**`f(x)`** - Return ...": a bold label in front
     # of the text on the same line.
     bold = re.match(r"^[ \t]*\*\*([^*\n]+?)\*\*[ \t]*[:\-–—]?[ \t]*(\S.*)$", head)

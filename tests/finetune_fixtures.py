@@ -4,6 +4,7 @@ few hundred words and a 2-layer Llama (hidden 32) built from a config with rando
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 WORDS = (
@@ -21,6 +22,20 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+
+
+def require_torch():
+    """``torch``, or skip the caller where it is not installed, and fail it on CI (``CI=true``):
+    there a missing trainer stack is a broken machine, not a reason to test less."""
+    import pytest
+
+    try:
+        import torch
+    except ImportError as e:
+        if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI: the trainer tests need torch (pip install -e '.[train]'): {e}")
+        pytest.skip(f"torch is not installed: {e}", allow_module_level=True)
+    return torch
 
 
 def corpus() -> list[str]:

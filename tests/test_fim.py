@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from finetune.config import ConfigError, load_train_config
 from finetune.data import IGNORE_INDEX, build_datasets
 from finetune.fim import FimEncoder, resolve_fim_tokens, split_document, windows
-from tests.finetune_fixtures import make_fim_tokenizer, make_tokenizer
+from tests.finetune_fixtures import make_fim_tokenizer, make_tokenizer, require_torch
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO / "configs" / "train-tiny-test.yaml"
@@ -246,7 +246,7 @@ def test_raw_text_code_files_get_fim_and_docs_do_not(family_tokenizers, tmp_path
 def test_fim_training_runs_and_records_the_sentinels(tmp_path):
     """A tiny Llama whose tokenizer carries StarCoder's sentinels trains a few steps on FIM rows;
     the adapter's prompt_format.json names the sentinels evaluation must prompt with."""
-    pytest.importorskip("torch")
+    require_torch()
     from finetune.train import run_training
     from tests.finetune_fixtures import make_fim_tiny_model
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from finetune.config import load_train_config
-from tests.finetune_fixtures import make_tiny_model, write_alpaca_data
+from tests.finetune_fixtures import make_tiny_model, require_torch, write_alpaca_data
 
-torch = pytest.importorskip("torch")
+torch = require_torch()
 REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO / "configs" / "train-tiny-test.yaml"
 

@@ -16,6 +16,7 @@ import pytest
 from finetune import eval as ev
 from finetune import infilling
 from pipeline.records import RecordError
+from tests.finetune_fixtures import require_torch
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "bench" / "humaneval_infilling"
@@ -130,7 +131,7 @@ def test_completions_file_holds_middles(tmp_path):
 
 @pytest.fixture(scope="module")
 def fim_model(tmp_path_factory):
-    pytest.importorskip("torch")
+    require_torch()
     from tests.finetune_fixtures import make_fim_tiny_model
 
     return make_fim_tiny_model(tmp_path_factory.mktemp("fim-tiny"), "starcoder")
@@ -170,7 +171,7 @@ def test_local_infilling_run_names_its_prompt(fim_model, tmp_path):
 def test_adapter_sentinels_are_used_for_a_model_without_its_own(tmp_path):
     """A model with no FIM tokens is trained with three named ones; evaluating the adapter
     prompts with those, and without an adapter the missing sentinels are a clear error."""
-    pytest.importorskip("torch")
+    require_torch()
     from finetune.config import load_train_config
     from finetune.train import run_training
     from tests.finetune_fixtures import make_tiny_model

@@ -29,10 +29,11 @@ from tests.finetune_fixtures import (
     make_fim_tiny_model,
     make_tiny_falcon,
     make_tiny_model,
+    require_torch,
     write_alpaca_data,
 )
 
-torch = pytest.importorskip("torch")
+torch = require_torch()
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
