@@ -4,7 +4,7 @@ This module only wires: the source (:func:`pipeline.walk.walk` over the folder, 
 the stages of :mod:`stages.ingest` and the shared dedup, filter and export stages, the sinks
 (each stage's kept and rejected files from the one table, ``STAGE_FILES["ingest"]`` in
 :mod:`pipeline.rundir`; ``raw_text.jsonl``, ``stats.json``, ``ingest_report.json``) and the LLM
-client (:func:`pipeline.run.open_client`). Every decision is a stage's.
+client (through the engine, :mod:`pipeline.engine`). Every decision is a stage's.
 
 The flow::
 
@@ -53,15 +53,15 @@ from tqdm import tqdm
 
 from pipeline.config import PipelineConfig, load_config, merge, save_config
 from pipeline.configlib import read_yaml
+from pipeline.engine import engine_for
 from pipeline.errors import BooksError
-from pipeline.llm import ResponseCache, UsageMeter
+from pipeline.llm import UsageMeter
 from pipeline.prompts import render
 from pipeline.records import write_json_atomic, write_jsonl_atomic
-from pipeline.run import open_client
 from pipeline.rundir import StageFiles, books_errors, write_export
 from pipeline.stats import StageStats, summary_table
 from pipeline.walk import WalkResult, git_commits, skip_entry, snapshot_date, token_counter, walk
-from stages import dedup, filters
+from stages import filters
 from stages import ingest as ing
 from stages.sources import Document
 
@@ -147,6 +147,21 @@ class Ingest:
             )
 
         usage = UsageMeter(prices=cfg.llm.prices)
+        # The same stages on either engine (engine.kind): local, or Ray actors and tasks.
+        self.engine = engine_for(cfg)
+        try:
+            self._stages(w, docs, count, what, usage)
+        finally:
+            self.engine.close()
+        self._write_report(w)
+        errors = books_errors(self.dir, "ingest", self.stats)
+        self._write_stats(usage, started, errors)
+        if errors:
+            raise BooksError("the books do not balance: " + "; ".join(errors))
+        return self.stats_dict
+
+    def _stages(self, w: WalkResult, docs: list[Document], count, what: str, usage) -> None:
+        cfg, icfg = self.cfg, self.cfg.ingest
         with StageFiles(self.dir, "ingest") as files:
             gen = self._stage(files, "generate")
             verbatim = self._verbatim(docs, what, w, gen)
@@ -156,12 +171,12 @@ class Ingest:
                 ing.run_grounding(qa, shown, ground, min_support=icfg.min_answer_support), ground
             )
             d_stats = self._stage(files, "dedup")
-            deduped = _drain(dedup.run(grounded, cfg.dedup, d_stats), d_stats)
+            deduped = _drain(self.engine.dedup(grounded, cfg.dedup, d_stats), d_stats)
             f_stats = self._stage(files, "filter")
             filtered = _drain(
                 itertools.chain(
-                    filters.run(deduped, cfg.filter, f_stats),
-                    filters.run(verbatim, ing.verbatim_filter(cfg.filter), f_stats),
+                    self.engine.filter(deduped, cfg.filter, f_stats),
+                    self.engine.filter(verbatim, ing.verbatim_filter(cfg.filter), f_stats),
                 ),
                 f_stats,
             )
@@ -170,12 +185,6 @@ class Ingest:
             t0 = time.perf_counter()
             write_export(self.dir, filtered, cfg.export, e_stats, seed=icfg.seed)
             e_stats.seconds = time.perf_counter() - t0
-        self._write_report(w)
-        errors = books_errors(self.dir, "ingest", self.stats)
-        self._write_stats(usage, started, errors)
-        if errors:
-            raise BooksError("the books do not balance: " + "; ".join(errors))
-        return self.stats_dict
 
     def _verbatim(
         self, docs: list[Document], what: str, w: WalkResult, gen: StageStats
@@ -225,10 +234,10 @@ class Ingest:
         cfg, icfg = self.cfg, self.cfg.ingest
         if not (icfg.qa_per_doc and docs):
             return [], {}
-        cache = ResponseCache(self.dir / "cache" / "responses.jsonl") if cfg.llm.cache else None
+        cache = self.engine.response_cache(self.dir) if cfg.llm.cache else None
         t0 = time.perf_counter()
         try:
-            with open_client(cfg, cache=cache, usage=usage) as client:
+            with self.engine.open_client(cfg, cache=cache, usage=usage) as client:
                 self.model = client.model
                 context = cfg.llm.embedded_ctx if client.embedded else None
                 excerpts = ing.qa_excerpts(docs, ing.qa_context_budget(icfg, context), count)

@@ -402,3 +402,37 @@ def test_embedded_server_run_replays_on_ray_from_the_local_journal(
     assert st["llm"]["requests"] == st["llm"]["cached"] == again["llm"]["requests"]
     assert st["books"] == "balanced"
     assert_same_files(tmp_path / "local" / "e", tmp_path / "ray" / "e")
+
+
+def qa_script(body: dict, n: int) -> Reply:
+    """Grounded QA pairs about whichever document the request shows (chat endpoint)."""
+    prompt = body["messages"][0]["content"]
+    word = "crabs" if "crabs" in prompt else "tides"
+    return _reply(
+        f"Question 1: What does the project count?\nAnswer: It counts the {word}.\n\n"
+        f"Question 2: Where are the {word} counted?\nAnswer: The {word} are counted in a rock pool.",
+        body,
+    )
+
+
+@pytest.mark.timeout(180)
+def test_ingest_same_files_on_both_engines(cluster, tmp_path):
+    from pipeline.cli import main
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "README.md").write_text("# Pool\n\nThe project counts the crabs in a rock pool.\n")
+    (repo / "NOTES.md").write_text("# Notes\n\nThe tides are counted in a rock pool each day.\n")
+    with FakeOpenAI(qa_script) as srv:
+        for name, extra in (
+            ("local", []),
+            ("ray", ["--set", "engine.kind=ray", "--set", f"engine.address={cluster.address}"]),
+        ):
+            rc = main(
+                ["ingest", str(repo), "--run", "i", "--set", f"output_dir={tmp_path / name}",
+                 "--set", f"llm.base_url={srv.base_url}", "--set", "llm.api=chat", *extra]
+            )  # fmt: skip
+            assert rc == 0
+    assert_same_files(tmp_path / "local" / "i", tmp_path / "ray" / "i")
+    st = json.loads((tmp_path / "ray" / "i" / "stats.json").read_text())
+    assert st["books"] == "balanced" and st["stages"]["filter"]["kept"] >= 2
