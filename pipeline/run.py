@@ -74,7 +74,7 @@ def open_endpoint(cfg: PipelineConfig):
         "starting the embedded model server (%s, %d threads)", srv.model_path.name, srv.threads
     )
     with srv:
-        default_api = getattr(srv, "default_api", "completion")
+        default_api = getattr(srv, "api", "completion")
         yield (
             [srv.base_url],
             cfg.llm.model or srv.model_name,
