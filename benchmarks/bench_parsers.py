@@ -20,8 +20,9 @@ Then, for unit tests and solutions (``--solve K``): K code seed tasks (each with
 solution and reference tests in seed_tasks.jsonl) are asked for, per API, one unit-test reply
 and two solution replies each, the example shown being another seed. Each reply is extracted as
 before (``extract_code``) and now (``extract_tests`` / ``extract_solution``), and judged
-against the seed's own references in the sandbox: a test suite is usable when it has an assert
-and the reference solution passes it; a solution is correct when it passes the reference tests.
+against the seed's own references in the sandbox: a test suite is usable when it has an assert,
+calls the code under test (not a copy of its own: verify's ``tests_call_nothing``) and the
+reference solution passes it; a solution is correct when it passes the reference tests.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_parsers.py [--models qwen2.5-coder-0.5b]
         [--requests 6] [--solve 3] [--apis chat,completion] [--dump replies.jsonl]
@@ -48,7 +49,7 @@ from pipeline.llm import LLMClient
 from pipeline.prompts import render
 from pipeline.records import enumerate_jsonl
 from pipeline.server import EmbeddedServer
-from stages import dedup, execution, filters, parsing, prompting, seeds
+from stages import dedup, execution, filters, parsing, prompting, seeds, verify
 from stages.base import Request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,14 +257,22 @@ def score(rows: list[dict], old) -> list[dict]:
         fig["tokens"] += row.get("tokens", 0)
         seed = ref[row["seed"]]
         text = row["prefix"] + row["text"]
-        fn = prompting.function_name(seed["instruction"])
+        names = prompting.names_under_test(seed["instruction"])
         if sandbox_why:
             fig["note"] = "no sandbox here: nothing run"
             continue
         if row["mode"] == "tests":
-            pairs = (("old", parsing.extract_code(text)), ("new", parsing.extract_tests(text, fn)))
+            pairs = (
+                ("old", parsing.extract_code(text)),
+                ("new", parsing.extract_tests(text, names)),
+            )
             for label, tests in pairs:
-                if "assert" in tests and execution.run_tests(seed["output"], tests).passed:
+                # Usable as verify sees it: the tests call the code under test rather than a
+                # copy of their own, and the reference solution passes them.
+                rec = {"tests": tests, "candidates": [seed["output"]]}
+                if "assert" not in tests or verify.check_tests(rec) is not None:
+                    continue
+                if execution.run_tests(seed["output"], tests).passed:
                     fig[f"{label}_ok"] += 1
         else:
             pairs = (("old", parsing.extract_code(text)), ("new", parsing.extract_solution(text)))

@@ -100,6 +100,8 @@ class GenerationConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.mode not in ("general", "code"):
+            raise ValueError(f"generation.mode={self.mode!r}: use 'general' or 'code'")
         self.strategy_mix()  # validates generation.strategy
         if self.answer_mode not in ("inline", "chat", "auto"):
             raise ValueError(

@@ -529,24 +529,27 @@ def _dropped_lines(node: ast.stmt) -> range:
     return range(first - 1, node.end_lineno or node.lineno)
 
 
-def _imports_function(node: ast.stmt, function: str) -> bool:
+def _imports_one_of(node: ast.stmt, names: set[str]) -> bool:
     """``from solution import f`` (any module outside the standard library): the sandbox has
     no such module; the candidate is already defined in the same namespace."""
     if isinstance(node, ast.ImportFrom):
         top = (node.module or "").split(".")[0]
         return top not in sys.stdlib_module_names and any(
-            a.name in (function, "*") for a in node.names
+            a.name in names or a.name == "*" for a in node.names
         )
     return False
 
 
-def extract_tests(text: str, function: str | None = None) -> str:
-    """A unit-test reply's code without the function under test: chat models often paste
-    their own ``def function(...)`` above the asserts, and that copy would shadow the candidate
-    (the verify stage rejects such tests as ``tests_call_nothing``), so top-level definitions of
-    ``function`` and imports of it from a non-standard module are dropped."""
+def extract_tests(text: str, under_test: str | Iterable[str] | None = None) -> str:
+    """A unit-test reply's code without the code under test: chat models often paste their
+    own ``def f(...)`` (or ``class C``) above the asserts, and that copy would shadow the
+    candidate (the verify stage rejects such tests as ``tests_call_nothing``), so top-level
+    definitions of the names in ``under_test`` (a name, or several: the function, or a class
+    and its methods) and imports of them from a non-standard module are dropped."""
     code = extract_code(text)
-    if not function:
+    names = {under_test} if isinstance(under_test, str) else set(under_test or ())
+    names.discard("")
+    if not names:
         return code
     try:
         tree = ast.parse(code)
@@ -556,12 +559,14 @@ def extract_tests(text: str, function: str | None = None) -> str:
     for node in tree.body:
         own = (
             isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-            and node.name == function
+            and node.name in names
         )
-        if own or _imports_function(node, function):
+        if own or _imports_one_of(node, names):
             drop.update(_dropped_lines(node))
     if not drop:
         return code
+    if all(i in drop for n in tree.body for i in _dropped_lines(n)):
+        return ""  # nothing but the model's own copy: no tests (comments alone are none)
     lines = [x for i, x in enumerate(code.splitlines()) if i not in drop]
     return "\n".join(lines).strip("\n")
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 
 from stages.base import Render
@@ -67,6 +68,25 @@ def function_name(instruction: str) -> str:
     return m.group(1) if m else "solution"
 
 
+_BUILTINS = frozenset(dir(builtins))
+
+
+def names_under_test(instruction: str) -> list[str]:
+    """Every function or class a code problem names in backticks (`f(x)`, `Stack`), the one
+    :func:`function_name` finds first: what a test suite must call and must not define."""
+    names = [function_name(instruction)]
+    for span in re.findall(r"`([^`\n]+)`", instruction):
+        m = re.match(r"\s*(?:def\s+|class\s+)?([A-Za-z_]\w*)\s*(\()?", span)
+        if not m:
+            continue
+        name, call = m.groups()
+        whole = m.end() == len(span.rstrip()) or call
+        # `True`, `None`, `ValueError`: Python's own names, not the code under test.
+        if whole and (call or name[0].isupper()) and name not in names and name not in _BUILTINS:
+            names.append(name)
+    return [n for n in names if n != "solution"]
+
+
 def code_tests_prompt(render: Render, problem: dict, example: dict, api: str) -> tuple[str, str]:
     name = "code_tests_completion" if api == "completion" else "code_tests_chat"
     return name, render(
@@ -78,9 +98,7 @@ def code_tests_prompt(render: Render, problem: dict, example: dict, api: str) ->
     )
 
 
-def code_solution_prompt(
-    render: Render, problem: dict, example: dict, api: str
-) -> tuple[str, str]:
+def code_solution_prompt(render: Render, problem: dict, example: dict, api: str) -> tuple[str, str]:
     name = "code_solution_completion" if api == "completion" else "code_solution_chat"
     return name, render(
         name,
@@ -89,5 +107,3 @@ def code_solution_prompt(
         example_instruction=example["instruction"],
         example_solution=example.get("output", "").strip(),
     )
-
-

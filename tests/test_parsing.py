@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stages import verify
+from stages import prompting, verify
 from stages.parsing import extract_code, extract_solution, extract_tests, is_chatter, parse_tasks
 
 DATA = Path(__file__).parent / "data" / "qwen2.5-coder-0.5b_replies.jsonl"
@@ -114,3 +114,22 @@ def test_solution_without_demo_is_unchanged():
     text = "```python\ndef f(x):\n    print('debug')\n    return x\n\nLIMIT = 3\n```"
     assert extract_solution(text) == "def f(x):\n    print('debug')\n    return x\n\nLIMIT = 3"
     assert extract_tests("```python\nassert f(1) == 1\n```", "f") == "assert f(1) == 1"
+
+
+def test_tests_reply_that_is_only_its_own_class_gives_no_tests():
+    # Asked for asserts on `TwoStackQueue` (seed_task_277), the model fenced its own class.
+    reply = REPLIES["tests_with_own_copy_of_the_class"]
+    instruction = (
+        "Write a Python class `TwoStackQueue` that implements a first-in, first-out queue using "
+        "two Python lists as stacks, with methods `enqueue(item)` and `dequeue()` and support for "
+        "`len()`."
+    )
+    names = prompting.names_under_test(instruction)
+    assert names == ["enqueue", "TwoStackQueue", "dequeue"]
+    record = {"candidates": ["class TwoStackQueue:\n    pass\n"]}
+    assert verify.check_tests({**record, "tests": extract_code(reply["text"])}) in (
+        "tests_call_nothing",
+    )
+    tests = extract_tests(reply["text"], names)
+    assert "class TwoStackQueue" not in tests
+    assert verify.check_tests({**record, "tests": tests}) == "no_tests"
