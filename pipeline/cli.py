@@ -306,7 +306,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
-
     from pipeline.rundir import resolve_run_dir
 
     try:

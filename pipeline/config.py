@@ -90,9 +90,7 @@ class LLMConfig:
             raise ValueError(f"llm.api={self.api!r}: use 'chat', 'completion' or 'auto'")
         from pipeline import models
 
-        if models.lookup(self.embedded_model) is None and not self.embedded_model.endswith(
-            ".gguf"
-        ):
+        if models.lookup(self.embedded_model) is None and not self.embedded_model.endswith(".gguf"):
             raise ValueError(
                 f"llm.embedded_model={self.embedded_model!r}: use one of {', '.join(models.names())} or a path to a .gguf file"
             )
@@ -100,9 +98,7 @@ class LLMConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"llm.{name}={getattr(self, name)!r}: use 0 (automatic) or more")
         if self.embedded_ctx < 256:
-            raise ValueError(
-                f"llm.embedded_ctx={self.embedded_ctx!r}: must be at least 256 tokens"
-            )
+            raise ValueError(f"llm.embedded_ctx={self.embedded_ctx!r}: must be at least 256 tokens")
         if self.concurrency < 1:
             raise ValueError(f"llm.concurrency={self.concurrency!r}: must be at least 1")
         if not 1 <= self.min_concurrency <= self.concurrency:
@@ -158,16 +154,15 @@ class EngineConfig:
         "ray: sandbox actors for verify, each holding verify.workers warm sandbox workers (0 = 1) and asking Ray for that many CPUs",
         2,
     )
-    map_batch: int = _help(
-        "ray: records per task for the stateless stages (filter)", 256
-    )
-    dedup_partition: int = _help(
-        "ray: texts per tokenize/encode task of the exact dedup", 65536
-    )
+    map_batch: int = _help("ray: records per task for the stateless stages (filter)", 256)
+    dedup_partition: int = _help("ray: texts per tokenize/encode task of the exact dedup", 65536)
     dedup_block: int = _help(
         "ray: texts resolved per round of the exact dedup (split over the join actors)", 2048
     )
-    dedup_tasks: int = _help("ray: join actors of the exact dedup (each a replica of the prefix index); 0 = one per cluster CPU", 0)
+    dedup_tasks: int = _help(
+        "ray: join actors of the exact dedup (each a replica of the prefix index); 0 = one per cluster CPU",
+        0,
+    )
     retries: int = _help(
         "ray: times a batch is resubmitted to a fresh actor when its actor or node dies", 3
     )

@@ -39,9 +39,9 @@ from tqdm import tqdm
 from pipeline import prompts
 from pipeline.config import PipelineConfig, save_config
 from pipeline.engine import engine_for
+from pipeline.errors import BooksError
 from pipeline.llm import LLMClient, ResponseCache, UsageMeter, resolve_api_key
 from pipeline.records import enumerate_jsonl, write_json_atomic, write_jsonl_atomic
-from pipeline.errors import BooksError
 from pipeline.rundir import StageFiles, books_errors, write_export
 from pipeline.stats import StageStats, summary_table
 from stages import dedup, generate, seeds
@@ -321,7 +321,9 @@ class Run:
                         generate.answer(chain, client.stream, prompts.render, g, st["answer"]),
                         st["answer"],
                     )
-                chain = clock.wrap(self.engine.filter(chain, cfg.filter, st["filter"]), st["filter"])
+                chain = clock.wrap(
+                    self.engine.filter(chain, cfg.filter, st["filter"]), st["filter"]
+                )
                 chain = self._judged(chain, client, st, clock)
                 for rec in chain:
                     kept.append(rec)
@@ -482,7 +484,9 @@ class Run:
                     parse(client.stream(reqs), st["generate"], mode="code"), st["generate"]
                 )
                 chain = clock.wrap(deduper.run(chain, st["dedup"]), st["dedup"])
-                chain = clock.wrap(self.engine.filter(chain, cfg.filter, st["filter"]), st["filter"])
+                chain = clock.wrap(
+                    self.engine.filter(chain, cfg.filter, st["filter"]), st["filter"]
+                )
                 chain = clock.wrap(
                     generate.solve(
                         chain, client.stream, prompts.render, g, code_examples, self.api,
