@@ -1087,7 +1087,9 @@ def test_report_of_a_real_run(tmp_path):
     run's own figures and draws in a browser."""
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "pipeline", "generate", "--no-progress", "--num", "3",
-           "--run", "real", "--set", f"output_dir={tmp_path}"]  # fmt: skip
+           "--run", "real", "--set", f"output_dir={tmp_path}",
+           # The fast model: the default (Qwen 0.5B) has its own smoke test.
+           "--set", "llm.embedded_model=smollm2-135m"]  # fmt: skip
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     d = tmp_path / "real"
