@@ -68,7 +68,10 @@ def open_endpoint(cfg: PipelineConfig):
     from pipeline.server import EmbeddedServer
 
     srv = EmbeddedServer(
-        cfg.llm.embedded_model, threads=cfg.llm.embedded_threads, ctx=cfg.llm.embedded_ctx
+        cfg.llm.embedded_model,
+        threads=cfg.llm.embedded_threads,
+        threads_batch=cfg.llm.embedded_threads_batch,
+        ctx=cfg.llm.embedded_ctx,
     )
     log.info(
         "starting the embedded model server (%s, %d threads)", srv.model_path.name, srv.threads

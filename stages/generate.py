@@ -40,7 +40,7 @@ from stages.classify import ClassifyConfig
 from stages.evol import EvolConfig
 from stages.magpie import MagpieConfig
 from stages.oss import OssConfig
-from stages.parsing import extract_code, parse_tasks
+from stages.parsing import extract_solution, extract_tests, parse_tasks
 
 _help = help_field
 
@@ -471,7 +471,12 @@ def solve(
         if isinstance(resp, Failure):
             failed[req.kind].append(resp)
         else:
-            got[req.kind].append(extract_code(prefix + resp.text))
+            text = prefix + resp.text
+            got[req.kind].append(
+                extract_tests(text, prompting.names_under_test(problem["instruction"]))
+                if req.kind == "tests"
+                else extract_solution(text)
+            )
         if not last:
             continue
         rec = attach_code(problem, got["tests"], got["solutions"])
