@@ -82,13 +82,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared/bench/humaneval_infilling"))
     ap.add_argument("--out", default="outputs/bench-fim")
-    # Sized for 2 shared CPU cores: a SmolLM2 step of 4 x 128 tokens is 5-15 s there.
-    ap.add_argument("--steps", type=int, default=80, help="training steps")
+    # Sized for 2 CPU cores: a SmolLM2 LoRA step of 4 x 128 tokens takes 15-20 s on this
+    # project's (idle) ones, so the defaults train about 15 minutes and evaluate about 5.
+    ap.add_argument("--steps", type=int, default=50, help="training steps")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--subset", type=int, default=40, help="single-line problems evaluated")
+    ap.add_argument("--subset", type=int, default=30, help="single-line problems evaluated")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sentinels", default="<jupyter_text>,<jupyter_output>,<jupyter_code>")
     ap.add_argument("--folders", default="finetune,pipeline,stages")
