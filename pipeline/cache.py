@@ -28,6 +28,22 @@ import uuid
 from stages.base import Response
 
 
+def read_journal(path: str | os.PathLike) -> dict[str, dict]:
+    """The rows of a JSONL response journal by key; unreadable lines (a torn last line from a
+    kill) are skipped."""
+    rows: dict[str, dict] = {}
+    if not os.path.exists(path):
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                rows[row["key"]] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return rows
+
+
 def _fs(url: str):
     import fsspec
 
@@ -62,15 +78,7 @@ class DirCache:
 
     def _journal_rows(self) -> dict[str, dict]:
         if self._old is None:
-            self._old = {}
-            if self.journal and os.path.exists(self.journal):
-                with open(self.journal, encoding="utf-8") as f:
-                    for line in f:
-                        try:
-                            row = json.loads(line)
-                            self._old[row["key"]] = row
-                        except (json.JSONDecodeError, KeyError, TypeError):
-                            continue  # a torn last line from a kill
+            self._old = read_journal(self.journal) if self.journal else {}
         return self._old
 
     def get(self, key: str) -> Response | None:
@@ -79,30 +87,10 @@ class DirCache:
             row = json.loads(fs.cat_file(self._file(key)))
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             row = self._journal_rows().get(key)
-        if row is None:
-            return None
-        return Response(
-            text=row["text"],
-            finish_reason=row["finish_reason"],
-            prompt_tokens=row["prompt_tokens"],
-            completion_tokens=row["completion_tokens"],
-            model=row["model"],
-            request_id=row["request_id"],
-            cached=True,
-            key=key,
-        )
+        return None if row is None else Response.from_row(row, key)
 
     def put(self, resp: Response) -> None:
-        row = {
-            "key": resp.key,
-            "text": resp.text,
-            "finish_reason": resp.finish_reason,
-            "prompt_tokens": resp.prompt_tokens,
-            "completion_tokens": resp.completion_tokens,
-            "model": resp.model,
-            "request_id": resp.request_id,
-            "time": time.time(),
-        }
+        row = resp.to_row(time.time())
         data = json.dumps(row, ensure_ascii=False).encode()
         fs = self._open()
         final = self._file(resp.key)

@@ -35,6 +35,7 @@ from pathlib import Path
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from pipeline.cache import read_journal
 from pipeline.config import LLMConfig
 from pipeline.errors import LLMFatalError
 from pipeline.records import repair_tail
@@ -59,44 +60,16 @@ class ResponseCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         repair_tail(self.path)
-        self._data: dict[str, dict] = {}
-        if self.path.exists():
-            with open(self.path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                        self._data[row["key"]] = row
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue
+        self._data: dict[str, dict] = read_journal(self.path)
         self._f = open(self.path, "a", encoding="utf-8")
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Response | None:
         row = self._data.get(key)
-        if row is None:
-            return None
-        return Response(
-            text=row["text"],
-            finish_reason=row["finish_reason"],
-            prompt_tokens=row["prompt_tokens"],
-            completion_tokens=row["completion_tokens"],
-            model=row["model"],
-            request_id=row["request_id"],
-            cached=True,
-            key=key,
-        )
+        return None if row is None else Response.from_row(row, key)
 
     def put(self, resp: Response) -> None:
-        row = {
-            "key": resp.key,
-            "text": resp.text,
-            "finish_reason": resp.finish_reason,
-            "prompt_tokens": resp.prompt_tokens,
-            "completion_tokens": resp.completion_tokens,
-            "model": resp.model,
-            "request_id": resp.request_id,
-            "time": time.time(),
-        }
+        row = resp.to_row(time.time())
         with self._lock:
             self._data[resp.key] = row
             self._f.write(json.dumps(row, ensure_ascii=False) + "\n")

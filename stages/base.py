@@ -227,6 +227,33 @@ class Response:
     cached: bool = False
     key: str = ""
 
+    def to_row(self, when: float) -> dict:
+        """The response as one row of a response cache (journal line or stored object)."""
+        return {
+            "key": self.key,
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "model": self.model,
+            "request_id": self.request_id,
+            "time": when,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict, key: str) -> Response:
+        """A cached answer back from its row."""
+        return cls(
+            text=row["text"],
+            finish_reason=row["finish_reason"],
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            model=row["model"],
+            request_id=row["request_id"],
+            cached=True,
+            key=key,
+        )
+
 
 @dataclass
 class Failure:
