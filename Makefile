@@ -101,7 +101,7 @@ report: install
 
 ingest: install
 	@[ -n "$(SRC)" ] || { echo "usage: make ingest SRC=path/to/repo [RUN=name]"; exit 2; }
-	$(PY) -m pipeline ingest $(SRC) $(if $(RUN),--run $(RUN))
+	$(PY) -m pipeline ingest $(SRC) $(if $(RUN),--run $(RUN)) $(foreach s,$(SET),--set $(s))
 
 test: install
 	$(BIN)/pytest -q
