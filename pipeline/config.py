@@ -25,6 +25,7 @@ from stages.filters import FilterConfig
 from stages.generate import GenerationConfig
 from stages.ingest import IngestConfig
 from stages.judge import JudgeConfig
+from stages.semdedup import SemDedupConfig
 from stages.verify import VerifyConfig
 
 
@@ -190,6 +191,9 @@ class PipelineConfig:
     llm: LLMConfig = _help("the model endpoint", factory=LLMConfig)
     generation: GenerationConfig = _help("seed sampling and generation", factory=GenerationConfig)
     dedup: DedupConfig = _help("ROUGE-L near-duplicate removal", factory=DedupConfig)
+    semdedup: SemDedupConfig = _help(
+        "embedding near-duplicate removal after dedup (off by default)", factory=SemDedupConfig
+    )
     filter: FilterConfig = _help("instruction and output filters", factory=FilterConfig)
     verify: VerifyConfig = _help("sandboxed execution of code candidates", factory=VerifyConfig)
     export: ExportConfig = _help("data.json / messages.jsonl export", factory=ExportConfig)

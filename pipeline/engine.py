@@ -289,6 +289,12 @@ class RayClient:
         self.pool = _Pool(make, n, engine.cfg.retries)
         self.stop_reason: str | None = None
         self._abort = threading.Event()
+        # Embeddings (the semdedup stage, whose pool stays on the driver like dedup's) are sent
+        # from the driver, through the same cache.
+        self._embedder = LLMClient(
+            cfg.llm, base_urls=base_urls, model=model, api_key=key, cache=cache,
+            usage=self.usage, api=api,
+        )  # fmt: skip
 
     def budget_left(self) -> bool:
         ok = self._budget.budget_left()
@@ -330,6 +336,9 @@ class RayClient:
                 elif ans.kind == "request_failed":
                     self.usage.fail(req.kind)
                 yield req, ans
+
+    def embed(self, texts: list[str], model: str | None = None, **kw) -> list[list[float] | None]:
+        return self._embedder.embed(texts, model, **kw)
 
     def abort(self) -> None:
         self._abort.set()

@@ -14,19 +14,24 @@ What it does beyond one call:
 - an on-disk response cache keyed by the full request (model, messages/prompt, sampling params,
   sample index), journaled the moment each answer arrives, so a rerun pays nothing twice;
 - token usage and cost per request kind, and a budget (``max_cost`` / ``max_tokens_total``) that
-  stops issuing new requests cleanly.
+  stops issuing new requests cleanly;
+- embeddings (:meth:`LLMClient.embed`, for the semdedup stage) through ``/v1/embeddings`` under
+  the same retry policy, one cache entry per text; an endpoint without embeddings is a
+  :class:`LLMFatalError` that names ``semdedup.enabled``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import json
 import os
 import queue
 import random
 import threading
 import time
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -272,6 +277,7 @@ class LLMClient:
         self.usage = usage or UsageMeter(prices=cfg.prices)
         self.stop_reason: str | None = None
         self._abort = threading.Event()
+        self._embed_one_by_one = False
 
     # -- budget -------------------------------------------------------------------------------
     def budget_left(self) -> bool:
@@ -333,6 +339,64 @@ class LLMClient:
             request_id=str(body.get("id") or ""),
         )
 
+    async def _attempts(
+        self,
+        clients: list[openai.AsyncOpenAI],
+        index: int,
+        call,
+        limiter: AdaptiveLimiter,
+        rpm: RateLimiter,
+        tpm: RateLimiter,
+        *,
+        est_tokens: float = 0.0,
+        retryable=_is_retryable,
+    ):
+        """``await call(client)`` under the one retry policy: backoff with jitter or the
+        server's Retry-After, the rate limits, the adaptive limiter, a whole-call timeout, the
+        endpoints in turn. Returns its result; raises what ``retryable`` does not absorb."""
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            hinted = _retry_after(exc) if exc else None
+            if hinted is not None:
+                return min(hinted, self.cfg.backoff_max) + random.uniform(0, 0.1)
+            # Exponential backoff with full jitter: spreads retries of many parallel requests.
+            return random.uniform(
+                0, min(self.cfg.backoff_max, 0.5 * 2 ** (state.attempt_number - 1))
+            )
+
+        attempt_no = 0
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            wait=wait,
+            stop=stop_after_attempt(self.cfg.max_retries + 1),
+            reraise=True,
+        ):
+            with attempt:
+                attempt_no += 1
+                await rpm.take(1)
+                await tpm.take(est_tokens)
+                await limiter.acquire()
+                try:
+                    client = clients[(index + attempt_no - 1) % len(clients)]
+                    try:
+                        # httpx's timeouts are per read; this bounds the whole call (a server
+                        # trickling bytes), without a task per request.
+                        async with asyncio.timeout(self.cfg.timeout + 5):
+                            result = await call(client)
+                    except openai.RateLimitError:
+                        limiter.throttled()
+                        raise
+                finally:
+                    await limiter.release()
+        await limiter.succeeded()
+        return result
+
+    def _key_refused(self, e: openai.APIStatusError) -> LLMFatalError:
+        return LLMFatalError(
+            f"the endpoint refused the API key (HTTP {e.status_code}); check ${self.cfg.api_key_env}"
+        )
+
     async def _complete(
         self,
         clients: list[openai.AsyncOpenAI],
@@ -352,47 +416,18 @@ class LLMClient:
         if self.cfg.tokens_per_minute:
             prompt = json.dumps(req.messages or req.prompt or "")
             est_tokens = len(prompt) / 4 + req.params.get("max_tokens", 256)
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            hinted = _retry_after(exc) if exc else None
-            if hinted is not None:
-                return min(hinted, self.cfg.backoff_max) + random.uniform(0, 0.1)
-            # Exponential backoff with full jitter: spreads retries of many parallel requests.
-            return random.uniform(
-                0, min(self.cfg.backoff_max, 0.5 * 2 ** (state.attempt_number - 1))
-            )
-
-        attempt_no = 0
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_is_retryable),
-                wait=wait,
-                stop=stop_after_attempt(self.cfg.max_retries + 1),
-                reraise=True,
-            ):
-                with attempt:
-                    attempt_no += 1
-                    await rpm.take(1)
-                    await tpm.take(est_tokens)
-                    await limiter.acquire()
-                    try:
-                        client = clients[(index + attempt_no - 1) % len(clients)]
-                        try:
-                            # httpx's timeouts are per read; this bounds the whole call (a
-                            # server trickling bytes), without a task per request.
-                            async with asyncio.timeout(self.cfg.timeout + 5):
-                                resp = await self._call(client, req)
-                        except openai.RateLimitError:
-                            limiter.throttled()
-                            raise
-                    finally:
-                        await limiter.release()
-            await limiter.succeeded()
+            resp = await self._attempts(
+                clients,
+                index,
+                lambda client: self._call(client, req),
+                limiter,
+                rpm,
+                tpm,
+                est_tokens=est_tokens,
+            )
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-            raise LLMFatalError(
-                f"the endpoint refused the API key (HTTP {e.status_code}); check ${self.cfg.api_key_env}"
-            ) from None
+            raise self._key_refused(e) from None
         except (openai.BadRequestError, openai.NotFoundError, openai.UnprocessableEntityError) as e:
             detail = _redact(str(getattr(e, "message", "")) or type(e).__name__, self._api_key)
             raise LLMFatalError(
@@ -406,6 +441,157 @@ class LLMClient:
             self.cache.put(resp)
         self.usage.add(req.kind, resp)
         return resp
+
+    # -- embeddings ---------------------------------------------------------------------------
+    def embed(
+        self,
+        texts: list[str],
+        model: str | None = None,
+        *,
+        batch: int = 32,
+        kind: str = "semdedup",
+    ) -> list[list[float] | None]:
+        """One vector per text from the endpoint's ``/v1/embeddings`` route (``model``, default
+        the generation model), ``batch`` texts a request, ``llm.concurrency`` requests in
+        flight, each retried like a completion. Each text's vector is cached on its own (key:
+        model, text, "embeddings"), so a rerun sends nothing. A text whose request still fails,
+        an empty text, or a missing vector is ``None`` (counted as failed under ``kind``). A
+        route the endpoint does not serve is an :class:`LLMFatalError` naming
+        ``semdedup.enabled``."""
+        model = model or self.model
+        where: dict[str, list[int]] = {}  # a text repeated in the call is embedded once
+        for i, text in enumerate(texts):
+            where.setdefault(text, []).append(i)
+        found: dict[str, list[float] | None] = {}
+        for text in where:
+            if not text.strip():
+                found[text] = None
+                self.usage.fail(kind)
+            elif (hit := self._cached(embedding_key(model, text))) is not None:
+                found[text] = json.loads(hit.text)
+                self.usage.add(kind, hit)
+        todo = [t for t in where if t not in found]
+        if todo:
+            vectors = asyncio.run(self._embed_all(todo, model, batch, kind))
+            found.update(zip(todo, vectors, strict=True))
+        out: list[list[float] | None] = [None] * len(texts)
+        for text, places in where.items():
+            for i in places:
+                out[i] = found[text]
+        return out
+
+    def _cached(self, key: str) -> Response | None:
+        if self.cache is None or not self.cfg.cache:
+            return None
+        return self.cache.get(key)
+
+    async def _embed_all(
+        self, texts: list[str], model: str, batch: int, kind: str
+    ) -> list[list[float] | None]:
+        clients = self._clients()
+        limits = (
+            AdaptiveLimiter(self.cfg.concurrency, self.cfg.min_concurrency),
+            RateLimiter(self.cfg.requests_per_minute),
+            RateLimiter(self.cfg.tokens_per_minute),
+        )
+        if self._embed_one_by_one:
+            batch = 1
+        chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+        try:
+            parts = await asyncio.gather(
+                *(
+                    self._embed_chunk(clients, i, model, chunk, kind, limits)
+                    for i, chunk in enumerate(chunks)
+                )
+            )
+        finally:
+            for c in clients:
+                await c.close()
+        return [v for part in parts for v in part]
+
+    async def _embed_chunk(
+        self,
+        clients: list[openai.AsyncOpenAI],
+        index: int,
+        model: str,
+        texts: list[str],
+        kind: str,
+        limits: tuple[AdaptiveLimiter, RateLimiter, RateLimiter],
+    ) -> list[list[float] | None]:
+        try:
+            body = await self._attempts(
+                clients,
+                index,
+                lambda client: self._embed_call(client, model, texts),
+                *limits,
+                est_tokens=sum(len(t) for t in texts) / 4,
+                retryable=lambda e: _is_retryable(e) and not _no_embeddings(e),
+            )
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise self._key_refused(e) from None
+        except Exception as e:
+            if not _no_embeddings(e):  # retries exhausted: these texts are embedding_failed
+                for _ in texts:
+                    self.usage.fail(kind)
+                return [None] * len(texts)
+            detail = _redact(str(getattr(e, "message", "")) or type(e).__name__, self._api_key)
+            raise LLMFatalError(
+                f"semdedup.enabled=true needs embeddings, and {_safe_url(str(e.request.url))} "
+                f"refused them for model {model!r} (HTTP {e.status_code}: {detail[:200]}): "
+                "point llm.base_url at an endpoint that serves "
+                "/v1/embeddings (vLLM, OpenAI, llama.cpp started with embeddings on), set "
+                "semdedup.model, or set semdedup.enabled=false"
+            ) from None
+        vectors = _embedding_vectors(body, len(texts))
+        if len(texts) > 1 and any(per_token for _, per_token in vectors):
+            # llama-cpp-python's server with a generative model (no pooling) answers a vector
+            # per token, and misreads those of every input after a request's first (it offsets
+            # by tokens, not floats): ask one text a request from here on.
+            self._embed_one_by_one = True
+            parts = await asyncio.gather(
+                *(
+                    self._embed_chunk(clients, index + k, model, [t], kind, limits)
+                    for k, t in enumerate(texts)
+                )
+            )
+            return [p[0] for p in parts]
+        usage = body.get("usage") or {}
+        tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
+        out: list[list[float] | None] = []
+        for k, (text, (vec, _)) in enumerate(zip(texts, vectors, strict=True)):
+            if vec is None:
+                self.usage.fail(kind)
+                out.append(None)
+                continue
+            resp = Response(
+                text=json.dumps(vec),
+                finish_reason="embedding",
+                # The request's tokens, shared out over its texts (the remainder on the first).
+                prompt_tokens=tokens // len(texts) + (tokens % len(texts) if k == 0 else 0),
+                completion_tokens=0,
+                model=str(body.get("model") or model),
+                request_id=str(body.get("id") or ""),
+                key=embedding_key(model, text),
+            )
+            if self.cache is not None and self.cfg.cache:
+                self.cache.put(resp)
+            self.usage.add(kind, resp)
+            out.append(vec)
+        return out
+
+    async def _embed_call(self, client: openai.AsyncOpenAI, model: str, texts: list[str]) -> dict:
+        # Floats asked for explicitly: the openai package otherwise asks for base64, which not
+        # every OpenAI-compatible server speaks. The raw body, as in _call.
+        raw = await client.embeddings.with_raw_response.create(
+            model=model, input=texts, encoding_format="float"
+        )
+        try:
+            body = json.loads(raw.http_response.content)
+        except ValueError:
+            raise GarbageReply("the endpoint returned no embeddings") from None
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise GarbageReply("the endpoint returned no embeddings")
+        return body
 
     # -- the stream ---------------------------------------------------------------------------
     def stream(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Response | Failure]]:
@@ -536,6 +722,54 @@ class LLMClient:
 
     def complete_all(self, requests: Iterable[Request]) -> list[tuple[Request, Response | Failure]]:
         return list(self.stream(requests))
+
+
+def embedding_key(model: str, text: str) -> str:
+    """Cache key of one text's embedding: a different key space from any completion's."""
+    body = {"model": model, "api": "embeddings", "input": text}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _embedding_vectors(body: dict, n: int) -> list[tuple[list[float] | None, bool]]:
+    """``(vector, per_token)`` for each of the ``n`` inputs of an embeddings reply, by its
+    ``index``; ``None`` where the reply holds no usable vector. A per-token answer (a list of
+    vectors: llama.cpp with no pooling) is mean-pooled."""
+    out: list[tuple[list[float] | None, bool]] = [(None, False)] * n
+    for pos, item in enumerate(body["data"]):
+        if not isinstance(item, dict):
+            continue
+        i = item.get("index", pos)
+        vec = item.get("embedding")
+        if not isinstance(i, int) or not 0 <= i < n or not isinstance(vec, list) or not vec:
+            continue
+        per_token = isinstance(vec[0], list)
+        if per_token:
+            rows = [r for r in vec if isinstance(r, list) and len(r) == len(vec[0])]
+            vec = [sum(col) / len(rows) for col in zip(*rows, strict=True)] if rows else []
+        if vec and all(isinstance(x, int | float) for x in vec):
+            out[i] = ([float(x) for x in vec], per_token)
+    return out
+
+
+def _no_embeddings(exc: BaseException) -> bool:
+    """The endpoint does not serve embeddings (for this model): no route (404, 405), not
+    implemented (501: llama.cpp's server started without ``--embeddings``), the model is not an
+    embedding model (400, 422: vLLM), or llama-cpp-python's server started without
+    ``embedding=True`` (a 500 saying so)."""
+    if not isinstance(exc, openai.APIStatusError):
+        return False
+    if exc.status_code in (400, 404, 405, 422, 501):
+        return True
+    return exc.status_code == 500 and "embedding=true" in str(exc).lower()
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without credentials or query string (either may hold a key)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _messages_to_prompt(messages: list[dict]) -> str:

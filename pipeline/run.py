@@ -72,6 +72,7 @@ def open_endpoint(cfg: PipelineConfig):
         threads=cfg.llm.embedded_threads,
         threads_batch=cfg.llm.embedded_threads_batch,
         ctx=cfg.llm.embedded_ctx,
+        embedding=cfg.semdedup.enabled,
     )
     log.info(
         "starting the embedded model server (%s, %d threads)", srv.model_path.name, srv.threads
@@ -259,6 +260,7 @@ class Run:
         answering = answer_mode == "chat" or bool(mix and set(mix) - {"alpaca"})
         names = (
             ["generate", "dedup"]
+            + (["semdedup"] if cfg.semdedup.enabled else [])
             + (["classify"] if mix and "classification" in mix else [])
             + (["answer"] if answering else [])
             + ["filter"]
@@ -268,6 +270,7 @@ class Run:
             self._check_magpie()
         st = {name: self._stage(files, name) for name in names}
         deduper: dedup.Deduper | None = None
+        semdeduper = self._semdeduper(client, seed_records, st)
         sent = round_no = 0
         clock = _Clock()
         with self._bar(g.num, "generate") as bar:
@@ -301,6 +304,8 @@ class Run:
                     sample = dedup.prime_sample(chain, cfg.dedup)
                     deduper = dedup.Deduper(cfg.dedup, against=seed_records, sample=sample)
                 chain = clock.wrap(deduper.run(chain, st["dedup"]), st["dedup"])
+                if semdeduper is not None:
+                    chain = clock.wrap(semdeduper.run(chain, st["semdedup"]), st["semdedup"])
                 if "classify" in st:
                     from stages import classify
 
@@ -339,6 +344,23 @@ class Run:
         self._select(kept, files)
         if len(kept) < g.num and not client.stop_reason:
             self.stop_reason = "max_requests"
+
+    def _semdeduper(self, client: LLMClient, seed_records: list[dict], st: dict):
+        """The run's one semantic dedup pool (``semdedup.enabled``), primed with the seeds as
+        ROUGE-L dedup's is (the seeds' embeddings charged to the stage's time), and kept across
+        rounds; None when off."""
+        sd = self.cfg.semdedup
+        if not sd.enabled:
+            return None
+        from stages.semdedup import SemanticDeduper
+
+        def embed(texts: list[str]) -> list[list[float] | None]:
+            return client.embed(texts, sd.model, batch=sd.batch)
+
+        t0 = time.perf_counter()
+        semdeduper = SemanticDeduper(sd, embed, against=seed_records)
+        st["semdedup"].seconds += time.perf_counter() - t0
+        return semdeduper
 
     def _judged(self, chain: Iterable[dict], client: LLMClient, st: dict, clock: _Clock):
         """The judge stage on ``chain`` when ``judge.enabled``; its own endpoint or model when
@@ -446,12 +468,11 @@ class Run:
         kept: list[dict],
     ) -> None:
         cfg, g = self.cfg, self.cfg.generation
-        st = {
-            name: self._stage(files, name)
-            for name in ("generate", "dedup", "filter", "solve", "verify")
-        }
+        names = ["generate", "dedup"] + (["semdedup"] if cfg.semdedup.enabled else [])
+        st = {name: self._stage(files, name) for name in (*names, "filter", "solve", "verify")}
         code_examples = [s for s in pool if s.get("tests")] or pool
         deduper = dedup.Deduper(cfg.dedup, against=seed_records)
+        semdeduper = self._semdeduper(client, seed_records, st)
         from stages import strategies
 
         mix = g.strategy_mix() if g.strategy != "alpaca" else None
@@ -487,6 +508,8 @@ class Run:
                     parse(client.stream(reqs), st["generate"], mode="code"), st["generate"]
                 )
                 chain = clock.wrap(deduper.run(chain, st["dedup"]), st["dedup"])
+                if semdeduper is not None:
+                    chain = clock.wrap(semdeduper.run(chain, st["semdedup"]), st["semdedup"])
                 chain = clock.wrap(
                     self.engine.filter(chain, cfg.filter, st["filter"]), st["filter"]
                 )

@@ -22,6 +22,7 @@ STAGE_FILES: dict[str, dict[str, str]] = {
         "seeds": "00_seeds",
         "generate": "01_generated",
         "dedup": "02_dedup",
+        "semdedup": "02_semdedup",  # semdedup.enabled: sorts between 02_dedup and 02a_classify
         "classify": "02a_classify",  # generation.strategy with classification
         "answer": "02b_answer",  # general mode, answer_mode=chat
         "filter": "03_filter",

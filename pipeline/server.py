@@ -73,7 +73,8 @@ def free_port() -> int:
 
 
 class EmbeddedServer:
-    """Context manager: ``with EmbeddedServer(...) as srv: srv.base_url``."""
+    """Context manager: ``with EmbeddedServer(...) as srv: srv.base_url``. ``embedding``
+    also serves ``/v1/embeddings`` (llama-cpp-python's ``embedding`` setting)."""
 
     def __init__(
         self,
@@ -85,6 +86,7 @@ class EmbeddedServer:
         port: int | None = None,
         startup_timeout: float = 180.0,
         quiet: bool = True,
+        embedding: bool = False,
     ):
         self.model_path, self.spec = models.resolve(model)
         self.threads = threads or default_threads()
@@ -98,6 +100,7 @@ class EmbeddedServer:
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.quiet = quiet
+        self.embedding = embedding
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -141,6 +144,9 @@ class EmbeddedServer:
             cmd += ["--chat_format", self.spec.chat_format]
         # Otherwise llama.cpp applies the chat template stored in the GGUF's metadata (both
         # Qwen2.5-Coder and SmolLM2 carry their own ChatML template).
+        if self.embedding:
+            # /v1/embeddings for semdedup; completions are served as before.
+            cmd += ["--embedding", "true"]
         return cmd
 
     def start(self) -> EmbeddedServer:

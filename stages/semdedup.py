@@ -10,7 +10,7 @@ thousands; an ANN index is the next step past that).
 
 Reads ``cfg.field`` (default ``instruction``) and ``id``. Reject reasons:
 ``semantic_duplicate`` (detail ``nearest_id``, ``score``: the cosine, rounded to 4 places),
-``embedding_failed`` (the embedding request failed; its error kept).
+``embedding_failed`` (no vector: the request failed after its retries, or the text is empty).
 """
 
 from __future__ import annotations

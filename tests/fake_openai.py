@@ -4,12 +4,16 @@ on demand: 429 with Retry-After, 500s, hangs, garbage or truncated bodies, a bad
 Plain asyncio (HTTP/1.1 with keep-alive) in a background thread, so it also serves the client
 benchmark at high concurrency. A ``script(body, n)`` callable decides each answer: it gets the
 parsed request JSON and the 0-based request count, and returns a :class:`Reply`.
+``/v1/embeddings`` is answered by a second callable of the same shape, ``embeddings`` (for
+instance :func:`bow_embeddings`); without one that route is a 404, as on a server that has none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +56,34 @@ def completion_body(
     }
 
 
+def bow_vector(text: str, dim: int = 256) -> list[float]:
+    """A bag-of-words vector: each lower-cased word counted in a bucket picked by its hash. The
+    same words in any order give the same vector (cosine 1), which ROUGE-L, an in-order
+    measure, does not see as a duplicate."""
+    vec = [0.0] * dim
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+        vec[h % dim] += 1.0
+    return vec
+
+
+def embeddings_body(vectors: list[list[float]], model: str = "fake-embed") -> dict:
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": 3 * len(vectors), "total_tokens": 3 * len(vectors)},
+    }
+
+
+def bow_embeddings(body: dict, n: int) -> Reply:
+    """An ``embeddings`` script: :func:`bow_vector` of each input."""
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    return Reply(body=embeddings_body([bow_vector(t) for t in texts]))
+
+
 def echo_script(
     text: str = "Task 4\nInstruction: Say hi.\nInput: <none>\nOutput: Hi.",
 ) -> Callable[[dict, int], Reply]:
@@ -65,8 +97,13 @@ class FakeOpenAI:
     """``with FakeOpenAI(script) as srv: srv.base_url``; ``srv.requests`` holds every request
     (path, headers, json) in arrival order."""
 
-    def __init__(self, script: Callable[[dict, int], Reply] | None = None):
+    def __init__(
+        self,
+        script: Callable[[dict, int], Reply] | None = None,
+        embeddings: Callable[[dict, int], Reply] | None = None,
+    ):
         self.script = script or echo_script()
+        self.embeddings = embeddings
         self.requests: list[tuple[str, dict, dict]] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -112,6 +149,12 @@ class FakeOpenAI:
                                 "object": "list",
                                 "data": [{"id": "fake-model", "object": "model"}],
                             }
+                        )
+                    elif path.endswith("/embeddings"):
+                        reply = (
+                            self.embeddings(body, n)
+                            if self.embeddings
+                            else Reply(status=404, body={"error": {"message": "Not Found"}})
                         )
                     else:
                         reply = self.script(body, n)

@@ -18,8 +18,17 @@ from pipeline.llm import (
     Request,
     Response,
     ResponseCache,
+    _safe_url,
+    embedding_key,
 )
-from tests.fake_openai import FakeOpenAI, Reply, completion_body
+from tests.fake_openai import (
+    FakeOpenAI,
+    Reply,
+    bow_embeddings,
+    bow_vector,
+    completion_body,
+    embeddings_body,
+)
 
 SECRET = "sk-test-SECRET-0123456789abcdefghij"
 
@@ -314,3 +323,123 @@ def test_stopping_early_lets_paid_requests_land_in_the_cache_but_abort_does_not_
         t0 = time.monotonic()
         stream.close()
         assert time.monotonic() - t0 < 0.5
+
+
+# -- embeddings (the semdedup stage's /v1/embeddings) -----------------------------------------
+TEXTS = ["Name three rivers in Africa.", "List three African rivers.", "Write a haiku about rain."]
+
+
+def embed_paths(srv: FakeOpenAI) -> list[dict]:
+    return [body for path, _, body in srv.requests if path.endswith("/embeddings")]
+
+
+def test_embed_batches_the_texts_and_a_rerun_sends_nothing(tmp_path):
+    texts = [*TEXTS, "Explain tides.", TEXTS[0]]  # the repeat is embedded once
+    with FakeOpenAI(embeddings=bow_embeddings) as srv:
+        c1 = make_client(srv.base_url, tmp_path)
+        first = c1.embed(texts, "embed-model", batch=2)
+        c1.cache.close()
+        sent = embed_paths(srv)
+        c2 = make_client(srv.base_url, tmp_path)
+        second = c2.embed(texts, "embed-model", batch=2)
+        c2.cache.close()
+    assert first == [bow_vector(t) for t in texts]
+    # Concurrent requests arrive in any order.
+    assert sorted(b["input"] for b in sent) == sorted([TEXTS[:2], [TEXTS[2], "Explain tides."]])
+    assert all(b["model"] == "embed-model" and b["encoding_format"] == "float" for b in sent)
+    assert len(srv.requests) == 2, "a second call for cached texts must send no request"
+    assert second == first
+    u = c2.usage.to_dict()["by_stage"]["semdedup"]
+    assert u["requests"] == u["cached"] == 4
+    # The key is the model's and the text's: another model is another entry.
+    c3 = make_client(srv.base_url, tmp_path)
+    assert c3.cache.get(embedding_key("embed-model", TEXTS[0])) is not None
+    assert c3.cache.get(embedding_key("other-model", TEXTS[0])) is None
+    assert c3.cache.get(req(0).key("embed-model", "chat")) is None
+
+
+def test_embed_failures_are_none_and_counted_and_transient_ones_retried():
+    def script(body: dict, n: int) -> Reply:
+        text = body["input"][0]
+        if "storm" in text:  # fails on every try: retries exhausted
+            return Reply(status=503, body={"error": {"message": "overloaded"}})
+        if "rain" in text and n == 0:  # fails once, then answers
+            return Reply(status=500, body={"error": {"message": "try again"}})
+        if "garbage" in text:
+            return Reply(body=b"{not json")
+        return bow_embeddings(body, n)
+
+    texts = ["Write a haiku about rain.", "Describe a storm.", "garbage in", "", "Explain tides."]
+    with FakeOpenAI(embeddings=script) as srv:
+        client = make_client(srv.base_url, max_retries=2, concurrency=1)
+        out = client.embed(texts, batch=1)
+    assert out[0] == bow_vector(texts[0]), "a transient 500 is retried, not a failure"
+    assert out[1] is None and out[2] is None and out[3] is None
+    assert out[4] == bow_vector(texts[4])
+    u = client.usage.to_dict()["by_stage"]["semdedup"]
+    assert (u["requests"], u["failed"]) == (2, 3)
+    storm = [b for b in embed_paths(srv) if "storm" in b["input"][0]]
+    assert len(storm) == 3, "a 503 is retried max_retries times"
+    assert all("" not in b["input"] for b in embed_paths(srv)), "an empty text is never sent"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(status=404, body={"error": {"message": f"Not Found (key {SECRET})"}}),
+        # llama-cpp-python's server started without embedding=True
+        Reply(
+            status=500,
+            body={
+                "error": {
+                    "message": "Llama model must be created with embedding=True to call this method"
+                }
+            },
+        ),
+        Reply(status=501, body={"error": {"message": "This server does not support embeddings"}}),
+    ],
+)
+def test_an_endpoint_without_embeddings_is_a_clear_fatal_error(reply):
+    with FakeOpenAI(embeddings=lambda b, n: reply) as srv:
+        client = make_client(srv.base_url)
+        with pytest.raises(LLMFatalError) as e:
+            client.embed(TEXTS)
+    msg = str(e.value)
+    assert "semdedup.enabled" in msg and f"{srv.base_url}/embeddings" in msg
+    assert str(reply.status) in msg and SECRET not in msg
+    assert len(srv.requests) == 1, "a missing route is not retried"
+
+
+def test_a_fake_endpoint_without_the_route_answers_404():
+    with FakeOpenAI() as srv:
+        with pytest.raises(LLMFatalError, match="HTTP 404"):
+            make_client(srv.base_url).embed(TEXTS)
+
+
+def test_safe_url_drops_credentials_and_query():
+    url = "https://user:hunter2@api.example.com:8443/v1/embeddings?api-key=abc"
+    assert _safe_url(url) == "https://api.example.com:8443/v1/embeddings"
+
+
+def test_per_token_vectors_are_mean_pooled_one_text_a_request():
+    """As llama-cpp-python's server answers for a generative model (no pooling): a vector per
+    token, right only for a request's first input (it misreads the others)."""
+
+    def tokens(text: str) -> list[list[float]]:
+        return [bow_vector(w, dim=8) for w in text.split()]
+
+    def script(body: dict, n: int) -> Reply:
+        vecs = [tokens(t) if i == 0 else [[9.0] * 8] for i, t in enumerate(body["input"])]
+        return Reply(body=embeddings_body(vecs))
+
+    def mean(rows):
+        return [sum(c) / len(rows) for c in zip(*rows, strict=True)]
+
+    with FakeOpenAI(embeddings=script) as srv:
+        client = make_client(srv.base_url)
+        out = client.embed(TEXTS, batch=3)
+        more = client.embed(["Explain tides.", "Name a river."], batch=3)
+    assert out == [mean(tokens(t)) for t in TEXTS]
+    assert more == [mean(tokens(t)) for t in ["Explain tides.", "Name a river."]]
+    sizes = [len(b["input"]) for b in embed_paths(srv)]
+    assert sizes == [3, 1, 1, 1, 1, 1], "after one per-token reply, one text a request"

@@ -122,12 +122,14 @@ def _sec_summary(a: Analysis) -> str:
     )
     gen = run.config.get("generation") or {}
     llm_cfg = run.config.get("llm") or {}
+    sem = run.config.get("semdedup") or {}
     meta = [
         ("run", run.name),
         ("started", run.stats.get("started")),
         ("model", run.stats.get("model") or llm_cfg.get("model")),
         ("temperature", gen.get("temperature")),
         ("dedup threshold", (run.config.get("dedup") or {}).get("threshold")),
+        ("semantic dedup threshold", sem.get("threshold") if sem.get("enabled") else None),
         ("kept records from", run.kept_source),
     ]
     meta_html = " · ".join(f"{k}: <b>{esc(v)}</b>" for k, v in meta if v not in (None, ""))
