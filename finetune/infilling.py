@@ -6,8 +6,11 @@ The benchmark files are OpenAI's (``HumanEval-SingleLineInfilling.jsonl.gz``,
 the user names the directory that holds them. Each problem is a HumanEval function with a span
 cut out: ``prompt`` (the code before it), ``suffix`` (after it), ``canonical_solution`` (the span)
 and the original ``test`` and ``entry_point``. A sample's program is
-``prompt + middle + suffix``; it passes when HumanEval's tests pass in the sandbox, so the
-canonical middles score 1.0 and empty middles 0.0 on the whole benchmark.
+``prompt + middle + suffix``; it passes when HumanEval's tests pass in the sandbox. The
+canonical middles score 1.0 on all three splits. Empty middles score 0.0 on random-span-light,
+but not quite on the other two: 27 single-line and 55 multi-line spans are lines HumanEval's
+tests cannot miss (one comment, and statements such as a ``break`` after which the loop ends
+anyway), so an empty middle passes there. That is the data, not the harness (BENCHMARKS.md).
 
 The model is prompted in fill-in-the-middle form with the sentinels it was trained with
 (:mod:`finetune.fim`); its middle ends at END. A single-line problem's span is one line by
@@ -97,6 +100,6 @@ def canonical_samples(problems: list[dict]) -> list[dict]:
 
 
 def empty_samples(problems: list[dict]) -> list[dict]:
-    """Nothing filled in: every one must fail."""
+    """Nothing filled in: fails, except where the span is a line the tests cannot miss."""
     empty = [[""] for _ in problems]
     return samples(problems, empty, empty)

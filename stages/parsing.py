@@ -52,9 +52,11 @@ NO_INPUT_SPELLINGS = [
 # habit by name, so that neither a preamble nor a bare code fence ever becomes an instruction.
 
 # A task header: "Task 4", "### Task 4:", "**Task 4.**", "Problem 4: Title", and a numbered
-# markdown heading or bold line ("### 2. Title", "**2. Title**").
+# markdown heading or bold line ("### 2. Title", "**2. Title**"). A number followed by running
+# lowercase text is a sentence ("Problem 1 and Problem 2 are provided to ..."), not a header.
 _HEADER = re.compile(
-    r"^[ \t>*#]*(?:task|problem|example|exercise)\s*#?\s*(\d+)\s*[:.)\-]*\**[ \t]*(.*)$"
+    r"^[ \t>*#]*(?:task|problem|example|exercise)\s*#?\s*(\d+)(?![ \t]+(?-i:[a-z]))"
+    r"\s*[:.)\-]*\**[ \t]*(.*)$"
     r"|^[ \t]*(?:#{1,6}[ \t]*|\*\*[ \t]*)(\d{1,3})[.):][ \t]*\**[ \t]*(.*)$",
     re.I | re.M,
 )

@@ -133,3 +133,17 @@ def test_tests_reply_that_is_only_its_own_class_gives_no_tests():
     tests = extract_tests(reply["text"], names)
     assert "class TwoStackQueue" not in tests
     assert verify.check_tests({**record, "tests": tests}) == "no_tests"
+
+
+def test_prose_that_names_problem_numbers_is_no_header():
+    # A completion-style reply whose closing prose begins "Problem 1 and Problem 2 are provided
+    # to ...": a number followed by running lowercase text is a sentence, not a task header.
+    r = REPLIES["problems_closing_prose_names_problem_numbers"]
+    items = parse_tasks(r["prefix"] + r["text"], need_output=False)
+    got = [i.instruction.split("\n\n")[0] for i in items if i.instruction]
+    assert [g.split(" that ")[0] for g in got] == [
+        "Write a Python function `is_in_pascals_triangle(n, m)`",
+        "Write a Python function `count_odd_and_even_numbers_in_pascals_triangle(n)`",
+    ]
+    assert not any(g.startswith("and Problem") or "are provided" in g for g in got)
+    no_fence_title_or_chatter(got)
