@@ -137,3 +137,14 @@ def test_export_command_rebuilds_data_json(tmp_path):
 def test_missing_input_file_is_a_clear_error(tmp_path, capsys):
     assert main(["dedup", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o.jsonl")]) == 1
     assert "nope.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_readme_config_table_is_the_config_command_s(capsys):
+    # The README's configuration table is `python -m pipeline config --markdown`, verbatim: a
+    # key added, renamed or given a new default without regenerating it fails here.
+    assert main(["config", "--markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert table.count("\n") > 100 and table in readme, (
+        "README.md's config table is stale: replace it with `python -m pipeline config --markdown`"
+    )
