@@ -47,7 +47,11 @@ class DedupConfig:
         },
     )
     field: str = dataclasses.field(
-        default="instruction", metadata={"help": "record field compared"}
+        default="instruction",
+        metadata={
+            "help": "record field compared; fields joined by + (instruction+output) are "
+            "compared as one text"
+        },
     )
     method: str = dataclasses.field(
         default="exact",
@@ -137,9 +141,17 @@ class DedupConfig:
             )
 
 
-def _text(record: dict, name: str) -> str | None:
-    value = record.get(name)
-    return value if isinstance(value, str) else None
+def field_text(record: dict, name: str) -> str | None:
+    """The text ``dedup.field`` names in ``record``: one field's string, or for names joined by
+    ``+`` (``instruction+output``) their strings joined by a newline; None when one is missing
+    or not a string."""
+    values = [record.get(n) for n in name.split("+")]
+    if not all(isinstance(v, str) for v in values):
+        return None
+    return "\n".join(values)
+
+
+_text = field_text
 
 
 class Deduper:

@@ -162,6 +162,32 @@ def test_field_option_compares_another_field():
     assert dedup_all(texts, cfg)[1][0] is False
 
 
+def test_joined_fields_tell_templated_questions_apart():
+    # Repository QA asks the same question shape about different functions: the questions alone
+    # score 0.74 (over 0.7), the question with its answer is a different text. A repeated pair
+    # is still a duplicate, and a record without one of the fields is missing_field.
+    qa = [
+        {"id": "a", "instruction": "What does `timed` in benchmarks/bench_dedup.py return?",
+         "output": "`(wall seconds, peak RSS MiB of that child, stderr tail)`."},
+        {"id": "b", "instruction": "What does `bench_train` in benchmarks/bench_train.py return?",
+         "output": "`bench_train` returns one JSON line per run."},
+        {"id": "c", "instruction": "What does `timed` in benchmarks/bench_dedup.py return?",
+         "output": "`(wall seconds, peak RSS MiB of that child, stderr tail)`."},
+        {"id": "d", "instruction": "What does `sh` in benchmarks/bench_distill.py return?"},
+    ]  # fmt: skip
+
+    def decide(field):
+        st = StageStats(stage="dedup", sink=(rej := []).append)
+        kept = [r["id"] for r in run(qa, DedupConfig(field=field), st)]
+        return kept, {r["id"]: r["reject"]["reason"] for r in rej}
+
+    kept, rejected = decide("instruction")
+    assert kept == ["a"] and rejected["b"] == "rouge_duplicate"
+    kept, rejected = decide("instruction+output")
+    assert kept == ["a", "b"]
+    assert rejected == {"c": "rouge_duplicate", "d": "missing_field"}
+
+
 def test_streaming_deduper_matches_batch_run():
     texts = [
         "Sort a list of numbers in Python.",
