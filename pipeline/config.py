@@ -46,7 +46,7 @@ class LLMConfig:
         "OPENAI_API_KEY",
     )
     api: str = _help(
-        "chat | completion | auto (completion for the embedded base-style few-shot prompts, chat for a configured endpoint)",
+        "chat | completion | auto (the embedded model's measured choice from its registry entry, see `python -m pipeline models`; chat for a configured endpoint)",
         "auto",
     )
     concurrency: int = _help("maximum requests in flight", 8)
