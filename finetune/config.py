@@ -67,7 +67,7 @@ PROMPT_FORMATS = ("alpaca", "chat_template")
 @dataclass
 class ModelConfig:
     name_or_path: str | None = _f(
-        "HF model directory, or a directory holding gguf_file; empty = the embedded SmolLM2-135M",
+        "HF model directory, a hub id, a registered embedded model (qwen2.5-coder-0.5b, see `python -m pipeline models`), or a directory holding gguf_file; empty = the embedded SmolLM2-135M",
         None,
     )
     gguf_file: str | None = _f(

@@ -86,11 +86,14 @@ def converted_gguf(gguf_path: str | Path) -> Path:
 def resolve_model(name_or_path: str | None, gguf_file: str | None = None) -> Path | str:
     """A directory transformers can load without GGUF options (converting GGUFs), or a hub id.
 
-    ``None`` or ``"smollm2"`` is the embedded model; a ``.gguf`` path, or a directory plus
-    ``gguf_file``, is converted once and cached.
+    ``None`` or ``"smollm2"`` is the embedded model; a name from the embedded-model registry
+    (``qwen2.5-coder-0.5b``, ``python -m pipeline models``) is its verified GGUF; a ``.gguf``
+    path, or a directory plus ``gguf_file``, is converted once and cached.
     """
     if name_or_path in (None, "", EMBEDDED):
         return converted_gguf(embedded_gguf())
+    if not gguf_file and (registered := _registered(name_or_path)) is not None:
+        return converted_gguf(registered)
     p = Path(name_or_path).expanduser()
     if gguf_file:
         g = Path(gguf_file)
@@ -111,13 +114,31 @@ def resolve_model(name_or_path: str | None, gguf_file: str | None = None) -> Pat
     return str(name_or_path)  # a hub id; transformers will say if it is not cached
 
 
+def _registered(name: str) -> Path | None:
+    """The verified GGUF of a registered embedded model's name, or None for any other name (a
+    registered model that is not installed is the registry's clear error)."""
+    from pipeline import models
+
+    m = models.lookup(name)
+    return models.model_file(m) if m is not None else None
+
+
 def model_reference(name_or_path: str | None, gguf_file: str | None = None) -> dict[str, Any]:
-    """How ``prompt_format.json`` names the base model so another machine can load it."""
+    """How ``prompt_format.json`` names the base model so another machine can load it (a
+    registered name stays a name: the other machine's registry finds its file)."""
     if name_or_path in (None, "", EMBEDDED):
         return {"base_model": EMBEDDED, "gguf_file": None}
+    if not gguf_file and _registered_name(name_or_path):
+        return {"base_model": name_or_path, "gguf_file": None}
     p = Path(name_or_path).expanduser()
     ref = str(p.resolve()) if p.exists() else str(name_or_path)
     return {"base_model": ref, "gguf_file": gguf_file}
+
+
+def _registered_name(name: str) -> bool:
+    from pipeline import models
+
+    return models.lookup(name) is not None
 
 
 def resolve_dtype(name: str, device: str = "auto", quantization: str = "none") -> Any:

@@ -216,6 +216,30 @@ def test_resolve_paths_and_registered_names(tmp_path):
         models.resolve("gpt-2")
 
 
+def test_finetune_takes_the_registry_s_names(monkeypatch, tmp_path):
+    # `finetune train --set model.name_or_path=qwen2.5-coder-0.5b` (and eval --model) mean the
+    # registry's verified file, converted like any GGUF; the adapter's prompt_format.json keeps
+    # the name, which another machine's registry resolves. Other names pass through as before.
+    from finetune import model as fm
+
+    gguf = tmp_path / "q.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setattr(
+        models, "model_file", lambda m: gguf if m.name == "qwen2.5-coder-0.5b" else None
+    )
+    monkeypatch.setattr(fm, "converted_gguf", lambda p: ("converted", Path(p)))
+    assert fm.resolve_model("qwen2.5-coder-0.5b") == ("converted", gguf)
+    assert fm.resolve_model("Qwen2.5-Coder-0.5B") == ("converted", gguf)  # names are case-free
+    assert (
+        fm.resolve_model("Qwen/Qwen2.5-Coder-0.5B-Instruct") == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    )
+    assert fm.model_reference("qwen2.5-coder-0.5b") == {
+        "base_model": "qwen2.5-coder-0.5b",
+        "gguf_file": None,
+    }
+    assert fm.model_reference("Qwen/x")["base_model"] == "Qwen/x"
+
+
 # -- the server's command line and the CLI --------------------------------------------------------
 
 
