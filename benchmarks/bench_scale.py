@@ -10,7 +10,10 @@
    answers at once (a fake OpenAI server in its own process), and the local client for scale;
 4. optionally (``--dedup-scale N``), exact dedup of N records generated from the 25k corpus with
    word-level edits (``shared/bench/make_scale_corpus.py``, seeded) on the Ray engine: wall time,
-   the driver's peak RSS and the peak RSS of the biggest worker.
+   the driver's peak RSS and the peak RSS of the biggest worker. The input is handed over as
+   ``pipeline dedup`` hands it (a :class:`pipeline.records.RecordFile`, which the engine reads
+   twice) and the output is counted and hashed, not held, so the driver's figure is the
+   engine's; the hash (over kept ids and rejects, in order) shows two versions decide alike.
 
 Several nodes on one machine share its cores: on a 2-core machine a second node adds no
 compute, so the node columns show the engine's overhead and that the work spreads, not a
@@ -22,11 +25,14 @@ cluster's speed-up. Figures only; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import resource
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -76,6 +82,68 @@ def time_dedup(engine, records, dcfg) -> tuple[float, list]:
     t0 = time.perf_counter()
     kept = [r["id"] for r in engine.dedup(records, dcfg, st)]
     return time.perf_counter() - t0, [kept, out]
+
+
+def stream_dedup(engine, records, dcfg) -> tuple[float, int, int, str]:
+    """Dedup into counters and a hash, as ``pipeline dedup`` streams into files: (wall s, kept,
+    rejected, sha256 of the kept ids and the rejects in order)."""
+    from stages.base import StageStats
+
+    digest = hashlib.sha256()
+
+    def seen(tag: str):
+        def sink(rec: dict) -> None:
+            detail = rec.get("reject")
+            digest.update(json.dumps([tag, rec.get("id"), detail], sort_keys=True).encode())
+
+        return sink
+
+    st = StageStats("dedup", sink=seen("rejected"), kept_sink=seen("kept"))
+    t0 = time.perf_counter()
+    for _ in engine.dedup(records, dcfg, st):
+        pass
+    return time.perf_counter() - t0, st.kept, st.rejected, digest.hexdigest()
+
+
+def driver_rss() -> dict[str, int]:
+    """The driver's resident memory now, in bytes, by kind: ``RssAnon`` (its heap),
+    ``RssShmem`` (object-store pages it has written or read) and ``RssFile``."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        rows = (line.split() for line in f if line.startswith("Rss"))
+        return {r[0].rstrip(":"): int(r[1]) * 1024 for r in rows}
+
+
+class WorkerPeak:
+    """Peak RSS of the biggest process of the cluster (the driver's descendants) and the
+    driver's peak RSS by kind (:func:`driver_rss`), sampled."""
+
+    def __init__(self, every: float = 0.5):
+        import psutil
+
+        self.me, self.every, self.peak, self.name = psutil.Process(), every, 0, ""
+        self.driver: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            for kind, size in driver_rss().items():
+                self.driver[kind] = max(size, self.driver.get(kind, 0))
+            for p in self.me.children(recursive=True):
+                try:
+                    rss, name = p.memory_info().rss, p.name()
+                except Exception:  # the process ended between the listing and the read
+                    continue
+                if rss > self.peak:
+                    self.peak, self.name = rss, name
+
+    def __enter__(self) -> WorkerPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 FAKE_SERVER = textwrap.dedent(
@@ -172,7 +240,7 @@ def main() -> int:
 
     from pipeline.config import load_config
     from pipeline.engine import LocalEngine, RayEngine
-    from pipeline.records import read_records
+    from pipeline.records import RecordFile, read_records
 
     print(f"machine: {os.cpu_count()} logical CPUs; worker nodes of {args.cpus} CPUs each")
     cluster = Cluster(
@@ -190,11 +258,12 @@ def main() -> int:
     vcfg = type(base.verify)(**{**base.verify.__dict__, "workers": args.cpus, "batch": 8})
     vcfg1 = type(base.verify)(**{**base.verify.__dict__, "workers": 1, "batch": 8})
     records = verify_records(args.verify_records)
-    corpus = list(read_records(CORPUS)) if CORPUS.exists() else []
+    parts = set(args.parts.split(","))
+    # Loaded only when part 2 runs, so that part 4's driver baseline does not hold it.
+    corpus = list(read_records(CORPUS)) if CORPUS.exists() and "dedup" in parts else []
     corpus = corpus[: args.corpus_limit or None]
     dcfg = base.dedup
 
-    parts = set(args.parts.split(","))
     rows: dict = {}
     dedup_rows: dict = {}
     if "verify" in parts:
@@ -247,13 +316,25 @@ def main() -> int:
                 check=True,
             )
         eng = ray_engine(2, dedup_tasks=2 * args.cpus)
-        rss0 = peak_rss_mb()
-        wall, (kept, rejected) = time_dedup(eng, read_records(out), dcfg)
-        print(f"\n4. exact dedup of {args.dedup_scale} records on Ray (2 worker nodes)")
+        rss0, base = peak_rss_mb(), driver_rss()
+        with WorkerPeak() as worker:
+            wall, kept, rejected, digest = stream_dedup(eng, RecordFile(out), dcfg)
+        rss = peak_rss_mb()
+        n = args.dedup_scale
+        print(f"\n4. exact dedup of {n} records on Ray (2 worker nodes)")
         print(
-            f"wall {wall:.1f} s, kept {len(kept)}, rejected {len(rejected)}; driver peak RSS "
-            f"{peak_rss_mb():.0f} MiB (before: {rss0:.0f} MiB)"
+            f"wall {wall:.1f} s, kept {kept}, rejected {rejected}; driver peak RSS {rss:.0f} MiB "
+            f"(before: {rss0:.0f} MiB; {(rss - rss0) * 2**20 / n:.0f} bytes per record over it); "
+            f"biggest cluster process {worker.peak / 2**20:.0f} MiB ({worker.name})"
         )
+        print(
+            "driver peak by kind, sampled (before): "
+            + ", ".join(
+                f"{k} {v / 2**20:.0f} MiB ({base.get(k, 0) / 2**20:.0f})"
+                for k, v in worker.driver.items()
+            )
+        )
+        print(f"decisions sha256 {digest}")
     ray.shutdown()
     cluster.shutdown()
     return 0

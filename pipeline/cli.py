@@ -120,7 +120,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from pipeline.records import read_records
+    from pipeline.records import RecordFile, read_records
 
     over = _given(
         threshold=args.threshold,
@@ -135,7 +135,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     with _engine(full) as engine:
         return _run_stage_file(
             "dedup",
-            read_records(args.input),
+            # Re-readable: the Ray engine reads the file twice rather than hold its records.
+            RecordFile(args.input),
             Path(args.output),
             lambda recs, st: engine.dedup(recs, cfg, st, against=against),
         )

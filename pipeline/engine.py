@@ -31,9 +31,11 @@ On Ray (and why each piece is what it is):
   resubmitted to a fresh actor, which Ray places on a node that is still alive.
 - **Dedup (``pipeline dedup``): the phases of :mod:`stages.dedup_pairs` as Ray tasks**:
   tokenize/count and encode per partition, candidate pairs and their scores per slice of each
-  block against a read-only broadcast of the prefix index; the driver merges the counts, fixes
-  the token order and resolves the greedy order in one pass over each block's edges. Inside
-  ``generate`` the dedup pool is a stream that outlives every round, and stays on the driver.
+  block against replicas of the prefix index; tasks merge the counts, fix the token order and
+  concatenate the encoded corpus in the object store; the driver resolves the greedy order in
+  one pass over each block's edges and reads the input twice (texts out, then the write-back)
+  rather than hold its records. Inside ``generate`` the dedup pool is a stream that outlives
+  every round, and stays on the driver.
 
 Ray is optional (``pip install -e '.[ray]'``) and imported only when the Ray engine starts.
 """

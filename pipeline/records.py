@@ -28,25 +28,26 @@ def enumerate_jsonl(
 
     A last line without its newline that is not valid JSON is a write cut off by a kill: with
     ``on_torn_tail`` it is skipped and reported by line number, otherwise it is an error."""
+    # Line by line, not readlines(): a pass over a large file holds one line, not the file.
+    # Only the last line can lack its newline, so that alone marks the torn tail.
     with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if on_torn_tail is not None and lineno == len(lines) and not line.endswith("\n"):
-                on_torn_tail(lineno)
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
                 continue
-            raise RecordError(
-                path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
-            ) from None
-        if not isinstance(obj, dict):
-            raise RecordError(
-                path, lineno, None, f"expected a JSON object, got {type(obj).__name__}"
-            )
-        yield lineno, obj
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                if on_torn_tail is not None and not line.endswith("\n"):
+                    on_torn_tail(lineno)
+                    continue
+                raise RecordError(
+                    path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
+                ) from None
+            if not isinstance(obj, dict):
+                raise RecordError(
+                    path, lineno, None, f"expected a JSON object, got {type(obj).__name__}"
+                )
+            yield lineno, obj
 
 
 def read_records(path: str | os.PathLike) -> Iterator[dict]:
@@ -67,6 +68,25 @@ def read_records(path: str | os.PathLike) -> Iterator[dict]:
             yield obj
     else:
         yield from read_jsonl(p)
+
+
+class RecordFile:
+    """The records of a file (:func:`read_records`), read again from the start by every
+    ``iter()``: a stage that needs two passes (the Ray engine's exact dedup: texts out to the
+    cluster, then the write-back in input order) re-reads the file instead of holding it, and
+    each pass reports bad input by file, line and field as one read would. ``passes`` counts the
+    iterations begun."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        self.passes += 1
+        return read_records(self.path)
+
+    def __repr__(self) -> str:
+        return f"RecordFile({str(self.path)!r})"
 
 
 def require(record: dict, field: str, kind: type | tuple[type, ...], path: str, line: int) -> Any:

@@ -50,6 +50,15 @@ def test_dedup_command_with_against(tmp_path):
     assert rej["c"]["nearest_id"] == "s" and rej["c"]["score"] == 1.0
 
 
+def test_dedup_command_names_the_bad_line_of_its_input(tmp_path, capsys):
+    # The input is a re-readable RecordFile (the Ray engine reads it twice); a bad line is
+    # still reported by file and line.
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "instruction": "Write a poem."}\n\n[1, 2]\n', encoding="utf-8")
+    assert main(["dedup", str(inp), "-o", str(tmp_path / "out.jsonl")]) == 1
+    assert f"{inp}:3: expected a JSON object, got list" in capsys.readouterr().err
+
+
 def test_filter_command_counts_reasons(tmp_path, capsys):
     inp = write_jsonl(
         tmp_path / "in.jsonl",

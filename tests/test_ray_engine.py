@@ -11,6 +11,7 @@ embedded server through the response cache.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -362,6 +363,129 @@ def test_dedup_command_on_ray_decides_as_rouge_score_and_the_local_engine(cluste
         b = (tmp_path / name.format("ray")).read_bytes()
         assert a == b, name
     assert b.count(b"\n") == ref["n"] - ref["kept"]
+
+
+def dedup_rows() -> list[dict]:
+    """Near-duplicates of a few templates, with the cases the write-back must name: a record
+    without an id (its id is its index) and one with a list id, each the nearest of a later
+    duplicate, a missing and a non-string field, and texts the ``against`` file drops."""
+    rng = random.Random(5)
+    rows: list[dict] = []
+    for k in range(60):
+        words = rng.sample(WORDS, 9) if k % 3 == 0 else rows[k - 1]["instruction"].split()
+        if k % 3:
+            words[rng.randrange(len(words))] = rng.choice(WORDS)  # one word edited
+        rows.append({"id": f"r{k}", "instruction": " ".join(words)})
+    del rows[30]["id"]
+    rows[33]["id"] = ["list", 33]
+    rows[10] = {"id": "no-field", "output": "x"}
+    rows[20]["instruction"] = 7
+    return rows
+
+
+@pytest.mark.timeout(180)
+def test_dedup_command_on_ray_reads_the_input_twice_instead_of_holding_it(
+    cluster, tmp_path, monkeypatch
+):
+    import pipeline.records as records_mod
+
+    rows = dedup_rows()
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    against = tmp_path / "against.jsonl"
+    against.write_text(json.dumps({"id": "a0", "instruction": rows[40]["instruction"]}) + "\n")
+    opened: list[str] = []
+    read_records = records_mod.read_records
+
+    def counting(path):
+        opened.append(Path(path).name)
+        return read_records(path)
+
+    monkeypatch.setattr(records_mod, "read_records", counting)
+    cmd = ["dedup", str(inp), "--against", str(against), "-o"]
+    ray_set = ["--set", "engine.kind=ray", "--set", f"engine.address={cluster.address}"]
+    small = ["--set", "engine.dedup_block=7", "--set", "engine.dedup_partition=10"]
+    assert main([*cmd, str(tmp_path / "ray.jsonl"), *ray_set, *small]) == 0
+    # The input twice (the texts out to the cluster, then the write-back), `against` once.
+    assert opened == ["against.jsonl", "in.jsonl", "in.jsonl"]
+    opened.clear()
+    assert main([*cmd, str(tmp_path / "local.jsonl")]) == 0
+    assert opened == ["against.jsonl", "in.jsonl"]
+    for name in ("{}.jsonl", "{}.rejected.jsonl"):
+        a = (tmp_path / name.format("local")).read_bytes()
+        assert a == (tmp_path / name.format("ray")).read_bytes(), name
+    rejects = {json.dumps(r.get("id")): r["reject"] for r in map(json.loads, a.splitlines())}
+    assert rejects['"no-field"']["reason"] == rejects['"r20"']["reason"] == "missing_field"
+    assert rejects['"r31"']["nearest_id"] == 30  # the index of the record without an id
+    assert rejects['"r34"']["nearest_id"] == ["list", 33]
+    assert rejects['"r40"'] == {
+        "stage": "dedup",
+        "reason": "rouge_duplicate",
+        "nearest_id": "a0",
+        "score": 1.0,
+        "nearest_against": True,
+    }
+
+
+@pytest.mark.timeout(180)
+def test_dedup_on_ray_same_output_from_a_list_a_generator_and_a_file(cluster, tmp_path):
+    """A re-iterable is read twice and not held; a one-shot generator is read into a list
+    first; the records and rejects written are the same either way."""
+    from pipeline.engine import RayEngine
+    from pipeline.records import RecordFile
+    from stages.base import StageStats
+
+    rows = dedup_rows()
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = load_config(
+        None, None, {"engine": ray_engine(cluster, dedup_block=7, dedup_partition=10)}
+    )
+    engine = RayEngine(cfg.engine)
+    against = [{"id": "a0", "instruction": rows[40]["instruction"]}]
+
+    def dedup(records) -> list:
+        out: list = []
+        st = StageStats("dedup", sink=out.append, kept_sink=out.append)
+        for _ in engine.dedup(records, cfg.dedup, st, against=against):
+            pass
+        assert st.balance_error() is None
+        return out
+
+    from_list = dedup(rows)
+    assert sum("reject" in r for r in from_list) > 20
+    assert dedup(r for r in rows) == from_list
+    from_file = RecordFile(inp)
+    assert dedup(from_file) == from_list
+    assert from_file.passes == 2
+
+    class Growing:
+        """A re-iterable whose second pass has one record more (a file appended to)."""
+
+        def __init__(self):
+            self.passes = 0
+
+        def __iter__(self):
+            self.passes += 1
+            return iter(rows + [{"id": "new", "instruction": "x"}] * (self.passes - 1))
+
+    with pytest.raises(RuntimeError, match="second pass"):
+        dedup(Growing())
+
+    # Joined fields (ingest's instruction+output) are the local engine's texts too.
+    from pipeline.engine import LocalEngine
+
+    joined = dataclasses.replace(cfg.dedup, field="instruction+output")
+    qa = [{**r, "output": f"answer {k % 4}"} for k, r in enumerate(rows)]
+    got = {}
+    for name, eng in (("local", LocalEngine()), ("ray", engine)):
+        out: list = []
+        st = StageStats("dedup", sink=out.append, kept_sink=out.append)
+        for _ in eng.dedup(qa, joined, st):
+            pass
+        got[name] = out
+    assert got["ray"] == got["local"]
+    assert sum(r.get("reject", {}).get("reason") == "rouge_duplicate" for r in got["ray"]) > 10
 
 
 @pytest.mark.slow
